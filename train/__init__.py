@@ -1,0 +1,1 @@
+"""Streaming contrastive (CLIP) trainer. Not built yet: see issue 6."""
