@@ -263,7 +263,12 @@ class MergeCountsFn(beam.CombineFn):
 
 
 class CountWikipediaWords(beam.PTransform):
-    """splits -> {unigram_counts: (word, n), bigram_counts: ((a, b), n), titles: str}."""
+    """splits -> {unigram_buckets: (bucket, {word: n}), bigram_buckets: (bucket, {(a, b): n}), titles: str}.
+
+    Counts stay in per-bucket dicts all the way: a bucket is one element, so Beam's per-element cost is
+    paid a few times per bucket instead of once per distinct word or bigram. A bigram lives in the
+    bucket of its first word, which is also where that word's unigram count is.
+    """
 
     def __init__(self, buckets: int, max_keys: int):
         super().__init__()
@@ -274,49 +279,54 @@ class CountWikipediaWords(beam.PTransform):
                  | "SpreadSplits" >> beam.Reshuffle()
                  | "CountSplitWords" >> beam.ParDo(CountSplitWordsFn(self.buckets, self.max_keys))
                  .with_outputs("unigrams", "bigrams", "titles"))
-        unigram_counts = (parts.unigrams | "MergeUnigramParts" >> beam.CombinePerKey(MergeCountsFn())
-                          | "UnigramItems" >> beam.FlatMap(lambda kv: kv[1].items()))
-        bigram_counts = (parts.bigrams | "MergeBigramParts" >> beam.CombinePerKey(MergeCountsFn())
-                         | "BigramItems" >> beam.FlatMap(lambda kv: kv[1].items()))
-        return {"unigram_counts": unigram_counts, "bigram_counts": bigram_counts, "titles": parts.titles}
+        return {"unigram_buckets": parts.unigrams | "MergeUnigramParts" >> beam.CombinePerKey(MergeCountsFn()),
+                "bigram_buckets": parts.bigrams | "MergeBigramParts" >> beam.CombinePerKey(MergeCountsFn()),
+                "titles": parts.titles}
 
 
-def _attach(joined, side: str):
-    """CoGroupByKey result {'bigrams': [...], 'count': [n]} -> bigrams with the word's count attached."""
+def attach_first_counts(joined: tuple, buckets: int, min_count: int) -> Iterator[tuple[int, dict]]:
+    """Bucket of a's: {(a, b): n_ab} + {a: n_a} -> per bucket of b: {(a, b): (n_ab, n_a)}."""
     _, groups = joined
-    counts = groups["count"]
-    for bigram in groups["bigrams"]:
-        for n in counts:  # at most one count per word
-            yield bigram + (n,)
+    unigrams = groups["unigrams"][0] if groups["unigrams"] else {}
+    out: dict[int, dict] = {}
+    for part in groups["bigrams"]:
+        for (a, b), n_ab in part.items():
+            if n_ab >= min_count:
+                out.setdefault(bucket_of(b, buckets), {})[(a, b)] = (n_ab, unigrams[a])
+    yield from sorted(out.items())
+
+
+def score_bucket(joined: tuple, total: int, min_pmi: float) -> Iterator[tuple[str, tuple]]:
+    """Bucket of b's: {(a, b): (n_ab, n_a)} + {b: n_b} -> bigram candidates with PMI >= min_pmi."""
+    _, groups = joined
+    unigrams = groups["unigrams"][0] if groups["unigrams"] else {}
+    for part in groups["bigrams"]:
+        for (a, b), (n_ab, n_a) in part.items():
+            pmi = bigram_pmi(n_ab, n_a, unigrams[b], total)
+            if pmi >= min_pmi:
+                yield normalize_entry(f"{a} {b}"), ("bigram", n_ab, pmi, pmi)
 
 
 class ScoreBigrams(beam.PTransform):
-    """((a, b), n) -> bigram candidates with PMI >= min_pmi, joined to the unigram counts (scales: no side
-    input holding the whole vocabulary)."""
+    """(unigram_buckets, bigram_buckets, total) -> bigram candidates with PMI >= min_pmi.
 
-    def __init__(self, min_count: int, min_pmi: float):
+    PMI needs the counts of both words. Two bucket-level joins attach them (first word: same bucket;
+    second word: re-bucketed), so no worker holds the whole vocabulary as a side input.
+    """
+
+    def __init__(self, buckets: int, min_count: int, min_pmi: float):
         super().__init__()
-        self.min_count, self.min_pmi = min_count, min_pmi
+        self.buckets, self.min_count, self.min_pmi = buckets, min_count, min_pmi
 
     def expand(self, pcolls):
-        bigram_counts, unigram_counts, total = pcolls
-        min_count, min_pmi = self.min_count, self.min_pmi
-        frequent = bigram_counts | "DropRareBigrams" >> beam.Filter(lambda kv: kv[1] >= min_count)
-        by_first = frequent | "KeyByFirst" >> beam.Map(lambda kv: (kv[0][0], (kv[0][0], kv[0][1], kv[1])))
-        with_a = ({"bigrams": by_first, "count": unigram_counts} | "JoinFirst" >> beam.CoGroupByKey()
-                  | "AttachFirst" >> beam.FlatMap(_attach, "a"))
-        by_second = with_a | "KeyBySecond" >> beam.Map(lambda t: (t[1], t))
-        with_ab = ({"bigrams": by_second, "count": unigram_counts} | "JoinSecond" >> beam.CoGroupByKey()
-                   | "AttachSecond" >> beam.FlatMap(_attach, "b"))
-
-        def candidate(t, total):
-            a, b, n_ab, n_a, n_b = t
-            pmi = bigram_pmi(n_ab, n_a, n_b, total)
-            if pmi >= min_pmi:
-                entry = normalize_entry(f"{a} {b}")
-                yield entry, ("bigram", n_ab, pmi, pmi)
-
-        return with_ab | "KeepHighPmi" >> beam.FlatMap(candidate, total=beam.pvalue.AsSingleton(total))
+        unigram_buckets, bigram_buckets, total = pcolls
+        with_first = ({"unigrams": unigram_buckets, "bigrams": bigram_buckets}
+                      | "JoinFirstWord" >> beam.CoGroupByKey()
+                      | "AttachFirstCounts" >> beam.FlatMap(attach_first_counts, self.buckets, self.min_count))
+        return ({"unigrams": unigram_buckets, "bigrams": with_first}
+                | "JoinSecondWord" >> beam.CoGroupByKey()
+                | "KeepHighPmi" >> beam.FlatMap(score_bucket, total=beam.pvalue.AsSingleton(total),
+                                                min_pmi=self.min_pmi))
 
 
 class SelectTitles(beam.PTransform):
@@ -392,12 +402,14 @@ class BuildQueryList(beam.PTransform):
     def expand(self, splits):
         a = self.args
         counts = splits | "CountWikipediaWords" >> CountWikipediaWords(a.count_buckets, a.max_keys_per_worker)
-        total = counts["unigram_counts"] | "TokenCounts" >> beam.Values() | "TotalTokens" >> beam.CombineGlobally(sum)
+        unigram_buckets = counts["unigram_buckets"]
+        total = (unigram_buckets | "TokensPerBucket" >> beam.Map(lambda kv: sum(kv[1].values()))
+                 | "TotalTokens" >> beam.CombineGlobally(sum))
         min_unigram = a.min_unigram_count
-        unigrams = counts["unigram_counts"] | "KeepFrequentWords" >> beam.FlatMap(
-            lambda kv: [(kv[0], ("unigram", kv[1], None, kv[1]))] if kv[1] >= min_unigram else [])
-        bigrams = ((counts["bigram_counts"], counts["unigram_counts"], total)
-                   | "ScoreBigrams" >> ScoreBigrams(a.min_bigram_count, a.min_pmi))
+        unigrams = unigram_buckets | "KeepFrequentWords" >> beam.FlatMap(
+            lambda kv: [(w, ("unigram", n, None, n)) for w, n in kv[1].items() if n >= min_unigram])
+        bigrams = ((unigram_buckets, counts["bigram_buckets"], total)
+                   | "ScoreBigrams" >> ScoreBigrams(a.count_buckets, a.min_bigram_count, a.min_pmi))
         titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews)
         candidates = [unigrams, bigrams, titles]
         if a.wordnet:

@@ -120,6 +120,10 @@ _BRACES = re.compile(r"\{\{|\}\}")
 _TABLE_EDGE = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]*(?:[ \t]+([^\]\n]*))?\]", re.I)
 _LINK_EDGE = re.compile(r"\[\[|\]\]")
+# Most links are plain ([[target]] or [[target|label]], no namespace, no anchor): replaced by a regex
+# template in C before the general scanner sees what is left (2x faster on the real excerpt).
+_PLAIN_LINK = re.compile(r"\[\[([^\[\]|:#]*)\]\]")
+_PLAIN_LABELLED_LINK = re.compile(r"\[\[[^\[\]|:#]*\|([^\[\]|]*)\]\]")
 _BARE_URL = re.compile(r"(?:https?|ftp)://\S+", re.I)
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 _QUOTES = re.compile(r"'{2,}")
@@ -181,7 +185,7 @@ def remove_tables(text: str) -> str:
 
 def link_text(inner: str) -> str:
     """What a reader sees of '[[inner]]': its label or target; nothing for file/category/interwiki links."""
-    target, _, label = inner.partition("|")
+    target, pipe, label = inner.partition("|")
     target = target.strip()
     if target.startswith(":"):  # [[:Category:Foo]] is a visible link
         target = target[1:]
@@ -189,7 +193,7 @@ def link_text(inner: str) -> str:
         prefix = target.split(":", 1)[0].strip().lower()
         if prefix in _DROP_LINK_PREFIXES or prefix in _INTERWIKI_PREFIXES or _LANGUAGE_PREFIX.match(prefix):
             return ""
-    if label:
+    if pipe:  # an empty label was a template we removed: the reader saw its output, not the target
         return label.rsplit("|", 1)[-1]
     return target.split("#", 1)[0] if not target.startswith("#") else target[1:]
 
@@ -200,6 +204,14 @@ def replace_links(text: str) -> str:
     A scanner, not a regex: file captions hold links and single brackets ("Bicyclo[1.1.0]butane"), and
     the whole file link, caption included, has to go. An unclosed '[[' keeps its text.
     """
+    text = _PLAIN_LABELLED_LINK.sub(r"\1", _PLAIN_LINK.sub(r"\1", text))
+    if "[[" not in text and "]]" not in text:
+        return text
+    return scan_links(text)
+
+
+def scan_links(text: str) -> str:
+    """The general link scanner (what `replace_links` falls back to): a stack over '[[' / ']]'."""
     stack: list[list[str]] = [[]]
     pos = 0
     for m in _LINK_EDGE.finditer(text):

@@ -122,24 +122,37 @@ def test_truncated_bz2_raises_truncated_input(tmp_path):
 
 # ------------------------------------------------------------------ transforms
 
+def _items(kv):
+    return list(kv[1].items())
+
+
 def test_count_wikipedia_words_transform(tmp_path):
     dump = write_dump(tmp_path / "d.xml", ARTICLES)
     with TestPipeline(argv=FNAPI) as p:
         out = p | beam.Create([wikidump.WikiSplit(str(dump))]) | Q.CountWikipediaWords(buckets=3, max_keys=10 ** 6)
-        counts = out["unigram_counts"] | beam.Filter(lambda kv: kv[0] in ("city", "New", "York", "zebra", "talk"))
+        counts = (out["unigram_buckets"] | "U" >> beam.FlatMap(_items)
+                  | "SomeWords" >> beam.Filter(lambda kv: kv[0] in ("city", "New", "York", "zebra", "talk")))
         assert_that(counts, equal_to([("city", 4), ("New", 2), ("York", 2), ("zebra", 1)]), label="Unigrams")
-        ny = out["bigram_counts"] | beam.Filter(lambda kv: kv[0] in (("New", "York"), ("city", "The")))
+        ny = (out["bigram_buckets"] | "B" >> beam.FlatMap(_items)
+              | "SomeBigrams" >> beam.Filter(lambda kv: kv[0] in (("New", "York"), ("city", "The"))))
         assert_that(ny, equal_to([(("New", "York"), 2)]), label="Bigrams")   # "city . The" spans a sentence
         assert_that(out["titles"], equal_to(["New York City", "Paris (city)", "Zebra"]), label="Titles")
 
 
-def test_score_bigrams_transform_joins_counts():
-    total = 100
+def test_score_bigrams_transform_joins_counts_across_buckets():
+    total, k = 100, 4
+    unigram_counts = {"New": 5, "York": 8, "the": 50, "city": 40, "rare": 1, "pair": 1}
+    bigram_counts = {("New", "York"): 4, ("the", "city"): 4, ("rare", "pair"): 1}
+    uni_buckets, bi_buckets = {}, {}
+    for w, n in unigram_counts.items():
+        uni_buckets.setdefault(Q.bucket_of(w, k), {})[w] = n
+    for (a, b), n in bigram_counts.items():
+        bi_buckets.setdefault(Q.bucket_of(a, k), {})[(a, b)] = n
     with TestPipeline(argv=FNAPI) as p:
-        bigrams = p | "B" >> beam.Create([(("New", "York"), 4), (("the", "city"), 4), (("rare", "pair"), 1)])
-        unigrams = p | "U" >> beam.Create([("New", 5), ("York", 8), ("the", 50), ("city", 40), ("rare", 1), ("pair", 1)])
+        uni = p | "U" >> beam.Create(sorted(uni_buckets.items()))
+        bi = p | "B" >> beam.Create(sorted(bi_buckets.items()))
         n = p | "N" >> beam.Create([total])
-        out = (bigrams, unigrams, n) | Q.ScoreBigrams(min_count=2, min_pmi=2.0)
+        out = (uni, bi, n) | Q.ScoreBigrams(buckets=k, min_count=2, min_pmi=2.0)
         pmi = Q.bigram_pmi(4, 5, 8, total)
         assert pmi == pytest.approx(math.log2(4 * 100 / 40))
         expected = [("New York", ("bigram", 4, pmi, pmi))]   # "the city": log2(4*100/2000) < 2

@@ -78,6 +78,12 @@ def test_strip_never_raises_and_leaves_no_bracket_pairs(s):
     assert "{{" not in out and "[[" not in out and "]]" not in out and "}}" not in out
 
 
+@given(st.lists(st.sampled_from(["[[", "]]", "[", "]", "|", ":", "#", "a", "File:", " ", "b c"]), max_size=30)
+       .map("".join))
+def test_link_fast_path_agrees_with_the_scanner(s):
+    assert W.replace_links(s).split() == W.scan_links(s).split()
+
+
 def test_iter_page_blocks_across_chunk_boundaries():
     xml = "<mediawiki><siteinfo/>" + "".join(f"<page><title>T{i}</title><ns>0</ns></page>" for i in range(5)) + "</mediawiki>"
     for size in (1, 3, 7, 50, 10_000):
