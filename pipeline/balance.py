@@ -1,0 +1,342 @@
+"""Stage 3, `balance`: cap the pairs per query so the head does not drown the tail (MetaCLIP balancing).
+
+In:  `<matched>/part-*.parquet` (`uid, url, caption, query_ids`) and `<matched>/query_counts.tsv` from `match`.
+Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input with
+     `--url_col url --caption_col caption --save_additional_columns '["uid","query_ids"]'`), sorted by uid,
+     about `--rows-per-file` rows each; `<out>/entry_counts.tsv` (`query_id, query, before, after`);
+     `<out>/stats.json`, `<out>/entry_counts.png`; `<out>/rejected/part-*.parquet` (`uid, reason`) for the
+     pairs balancing dropped (Beam's per-bundle layout: the same uids, not the same files); `<out>/manifest.json`.
+
+Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
+- `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
+  a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
+  probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
+  seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
+  keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
+  entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
+- `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
+  Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
+  pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
+  its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
+  contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
+  is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
+  entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
+  measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
+  Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
+  15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
+  most captions and their cap binds every pair they are in. Strict mode suits query lists without such
+  function words; metaclip mode is the published recipe and the default.
+
+Run:  python -m pipeline.balance --matched work/matched --out work/balanced [--t 20000] [--seed 0]
+          [--mode metaclip|strict] [--rows-per-file N] [Beam options]     (or `make balance T=20000`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+from typing import Any, Iterable
+
+import apache_beam as beam
+import fsspec
+import pyarrow as pa
+
+from pipeline import beamio, pool
+from pipeline.beamrun import counter, pipeline_options, read_counters
+from pipeline.manifest import write_json_atomic, write_manifest
+from pipeline.records import MATCHED_COLUMNS
+
+STAGE = "balance"
+T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
+MODES = ("metaclip", "strict")
+ROWS_PER_FILE = 1_000_000  # ~100 MB of zstd parquet per file: few files, each small enough for one worker
+BALANCED_OUT = "balanced_out"  # reject reason: the pair lost the balancing draw / was over a cap
+NO_QUERY_IDS = "no_query_ids"
+EXPECTED_SCALE = 1_000_000  # expected kept size is summed in integer millionths: exact and order-independent
+
+BALANCED_SCHEMA = pa.schema([("url", pa.string()), ("caption", pa.string()), ("uid", pa.string()),
+                             ("query_ids", pa.list_(pa.int32()))])
+REJECTED_SCHEMA = pa.schema([("uid", pa.string()), ("reason", pa.string())])
+
+log = logging.getLogger(__name__)
+
+
+# ---- pure core ----------------------------------------------------------------------------------------
+
+def keep_probability(count: int, t: int) -> float:
+    """MetaCLIP's per-entry sampling probability min(1, t / count)."""
+    return 1.0 if count <= t else t / count
+
+
+def unit_hash(*parts: Any) -> float:
+    """A number in [0, 1) from the parts: the same on every worker and retry (blake2b, not hash())."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def pair_keep_probability(query_ids: Iterable[int], counts: dict[int, int], t: int) -> float:
+    """1 - prod_e (1 - p_e): the probability that metaclip mode keeps a pair matched to these entries."""
+    miss = 1.0
+    for qid in query_ids:
+        miss *= 1.0 - keep_probability(counts[qid], t)
+    return 1.0 - miss
+
+
+def metaclip_keep(uid: str, query_ids: Iterable[int], counts: dict[int, int], t: int, seed: int) -> bool:
+    """Keep iff some entry's seeded draw for this pair succeeds (tail entries always succeed)."""
+    return any(counts[qid] <= t or unit_hash(seed, uid, qid) < t / counts[qid] for qid in query_ids)
+
+
+def strict_key(uid: str, query_ids: Iterable[int], counts: dict[int, int], seed: int) -> tuple[int, float, str]:
+    """Rank of a pair in every head entry's list: rarest entry first, then a seeded hash, then uid (unique)."""
+    return min(counts[qid] for qid in query_ids), unit_hash(seed, uid), uid
+
+
+def strict_keep(key: tuple, query_ids: Iterable[int], counts: dict[int, int], thresholds: dict[int, tuple],
+                t: int) -> bool:
+    """Keep iff the pair is within the top t of every head entry it contains."""
+    return all(counts[qid] <= t or key <= thresholds[qid] for qid in query_ids)
+
+
+def strict_thresholds(pairs: Iterable[tuple[str, list[int]]], counts: dict[int, int], t: int,
+                      seed: int) -> dict[int, tuple]:
+    """The t-th smallest key of each head entry (reference implementation; Beam uses Top.SmallestPerKey)."""
+    keys: dict[int, list[tuple]] = {}
+    for uid, query_ids in pairs:
+        key = strict_key(uid, query_ids, counts, seed)
+        for qid in query_ids:
+            if counts[qid] > t:
+                keys.setdefault(qid, []).append(key)
+    return {qid: sorted(ks)[t - 1] for qid, ks in keys.items()}
+
+
+def count_entries(pairs: Iterable[tuple[str, list[int]]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for _, query_ids in pairs:
+        for qid in query_ids:
+            counts[qid] = counts.get(qid, 0) + 1
+    return counts
+
+
+def select_pairs(pairs: list[tuple[str, list[int]]], t: int, seed: int, mode: str = "metaclip") -> set[str]:
+    """Kept uids of (uid, query_ids) pairs, in memory: the definition the Beam transform must agree with."""
+    counts = count_entries(pairs)
+    if mode == "metaclip":
+        return {uid for uid, qids in pairs if qids and metaclip_keep(uid, qids, counts, t, seed)}
+    thresholds = strict_thresholds(pairs, counts, t, seed)
+    return {uid for uid, qids in pairs
+            if qids and strict_keep(strict_key(uid, qids, counts, seed), qids, counts, thresholds, t)}
+
+
+def balance_stats(before: list[int], after: list[int], t: int) -> dict[str, Any]:
+    """Head/tail statistics from per-entry match counts before and after balancing (index = query_id)."""
+    head = [i for i, c in enumerate(before) if c > t]
+    tail = [i for i, c in enumerate(before) if 0 < c <= t]
+    total_before, total_after = sum(before), sum(after)
+    tail_before, tail_after = sum(before[i] for i in tail), sum(after[i] for i in tail)
+
+    def share(part: int, whole: int) -> float:
+        return round(part / whole, 6) if whole else 0.0
+
+    return {
+        "entries": len(before),
+        "zero_match_entries": sum(1 for c in before if c == 0),
+        "tail_entries": len(tail),
+        "head_entries": len(head),
+        "matches_before": total_before,
+        "matches_after": total_after,
+        "head_share_of_matches_before": share(total_before - tail_before, total_before),
+        "head_share_of_matches_after": share(total_after - tail_after, total_after),
+        "tail_share_before": share(tail_before, total_before),
+        "tail_share_after": share(tail_after, total_after),
+        "tail_matches_kept_fraction": share(tail_after, tail_before) if tail_before else 1.0,
+        "entries_over_t_after": sum(1 for c in after if c > t),
+        "max_count_before": max(before, default=0),
+        "max_count_after": max(after, default=0),
+    }
+
+
+def plot_entry_counts(before: list[int], after: list[int], t: int, path: str) -> None:
+    """PNG of the per-entry counts sorted in decreasing order, before and after, log-log, with t marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for counts, label in ((before, "before balancing"), (after, "after balancing")):
+        ys = sorted((c for c in counts if c > 0), reverse=True)
+        if ys:
+            ax.plot(range(1, len(ys) + 1), ys, label=f"{label} ({len(ys):,} entries with matches)")
+    ax.axhline(t, color="grey", linestyle="--", linewidth=1, label=f"t = {t:,}")
+    ax.set(xscale="log", yscale="log", xlabel="entry rank (by count)", ylabel="matched pairs per entry",
+           title="Pairs per query entry")
+    ax.legend()
+    fig.tight_layout()
+    with fsspec.open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+# ---- Beam ---------------------------------------------------------------------------------------------
+
+class DecideKeepFn(beam.DoFn):
+    """Matched pair -> balanced row (main) or (uid, reason) on 'dropped'; counts read/kept/rejected."""
+
+    def __init__(self, mode: str, t: int, seed: int):
+        self.mode, self.t, self.seed = mode, t, seed
+        self.read, self.kept = counter(STAGE, "read"), counter(STAGE, "kept")
+        self.balanced_out = counter(STAGE, f"rejected_{BALANCED_OUT}")
+        self.no_ids = counter(STAGE, f"rejected_{NO_QUERY_IDS}")
+        self.expected = counter(STAGE, "expected_kept_millionths")
+
+    def process(self, pair: dict[str, Any], counts: dict[int, int], thresholds: dict[int, tuple]):
+        self.read.inc()
+        uid, qids = pair["uid"], pair["query_ids"]
+        if not qids:
+            self.no_ids.inc()
+            yield beam.pvalue.TaggedOutput("dropped", {"uid": uid, "reason": NO_QUERY_IDS})
+            return
+        self.expected.inc(round(pair_keep_probability(qids, counts, self.t) * EXPECTED_SCALE))
+        if self.mode == "metaclip":
+            keep = metaclip_keep(uid, qids, counts, self.t, self.seed)
+        else:
+            keep = strict_keep(strict_key(uid, qids, counts, self.seed), qids, counts, thresholds, self.t)
+        if keep:
+            self.kept.inc()
+            yield {"url": pair["url"], "caption": pair["caption"], "uid": uid, "query_ids": list(qids)}
+        else:
+            self.balanced_out.inc()
+            yield beam.pvalue.TaggedOutput("dropped", {"uid": uid, "reason": BALANCED_OUT})
+
+
+def _head_entry_keys(pair: dict[str, Any], counts: dict[int, int], t: int, seed: int):
+    qids = pair["query_ids"]
+    if qids and any(counts[q] > t for q in qids):
+        key = strict_key(pair["uid"], qids, counts, seed)
+        yield from ((qid, key) for qid in qids if counts[qid] > t)
+
+
+class CapPairsPerQuery(beam.PTransform):
+    """Matched pairs -> (kept rows, dropped (uid, reason), per-entry counts before, per-entry counts after)."""
+
+    def __init__(self, t: int = T, seed: int = 0, mode: str = "metaclip"):
+        super().__init__()
+        if mode not in MODES or t < 1:
+            raise ValueError(f"mode must be one of {MODES} and t >= 1 (got {mode!r}, {t})")
+        self.t, self.seed, self.mode = t, seed, mode
+
+    def expand(self, pairs):
+        counts = (pairs
+                  | "QueryIds" >> beam.Map(lambda p: p["query_ids"] or [])
+                  | "CountPerQuery" >> beam.CombineGlobally(beamio.CountQueryIdsFn()))
+        counts_side = beam.pvalue.AsSingleton(counts)
+        if self.mode == "strict":
+            thresholds = (pairs
+                          | "HeadEntryKeys" >> beam.FlatMap(_head_entry_keys, counts=counts_side, t=self.t,
+                                                            seed=self.seed)
+                          | "TopTPerEntry" >> beam.combiners.Top.SmallestPerKey(self.t)
+                          | "Threshold" >> beam.Map(lambda kv: (kv[0], kv[1][-1]))
+                          | "ToDict" >> beam.combiners.ToDict())
+        else:
+            thresholds = pairs.pipeline | "NoThresholds" >> beam.Create([{}])
+        decided = pairs | "DecideKeep" >> beam.ParDo(
+            DecideKeepFn(self.mode, self.t, self.seed), counts=counts_side,
+            thresholds=beam.pvalue.AsSingleton(thresholds)).with_outputs("dropped", main="kept")
+        counts_after = (decided.kept
+                        | "KeptQueryIds" >> beam.Map(lambda r: r["query_ids"])
+                        | "CountKeptPerQuery" >> beam.CombineGlobally(beamio.CountQueryIdsFn()))
+        return decided.kept, decided.dropped, counts, counts_after
+
+
+# ---- entry point --------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m pipeline.balance", description=__doc__.split("\n")[0])
+    p.add_argument("--matched", required=True, help="output directory of the match stage")
+    p.add_argument("--out", required=True, help="output directory (local or fsspec)")
+    p.add_argument("--t", type=int, default=T, help="pairs per query entry (default %(default)s, MetaCLIP 400M)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="metaclip", choices=MODES)
+    p.add_argument("--rows-per-file", type=int, default=ROWS_PER_FILE)
+    return p.parse_known_args(argv)
+
+
+def matched_files(matched: str) -> tuple[list[str], list[str]]:
+    """(part files, query list from query_counts.tsv) of a match output; ValueError if it is not one."""
+    fs, root = fsspec.core.url_to_fs(matched)
+    parts = sorted(fs.glob(f"{root}/part-*.parquet"))
+    if not parts:
+        raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
+    paths = [fs.unstrip_protocol(p) if "://" in matched else p for p in parts]
+    pool.check_pool_files(paths, pool.PoolSpec("parquet", "url", "caption", keep_cols=("uid", "query_ids")))
+    counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
+    try:
+        with fsspec.open(counts_path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{counts_path}: missing (run the match stage first)") from None
+    if not lines or lines[0] != "query_id\tquery\tcount":
+        raise ValueError(f"{counts_path}: not a query_counts.tsv (header 'query_id, query, count')")
+    return paths, [line.split("\t")[1] for line in lines[1:]]
+
+
+def read_entry_counts(path: str) -> tuple[list[int], list[int]]:
+    with fsspec.open(path, "rt", encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    return [int(r[2]) for r in rows], [int(r[3]) for r in rows]
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the stage; returns the manifest. Bad inputs or settings exit with one error line."""
+    args, beam_args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.t < 1 or args.rows_per_file < 1:
+            raise ValueError("--t and --rows-per-file must be >= 1")
+        parts, queries = matched_files(args.matched)
+    except ValueError as e:
+        raise SystemExit(f"balance: {e}") from None
+    out = args.out.rstrip("/")
+    beamio.clear_previous_output(out)
+
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        pairs = (p
+                 | "ListMatched" >> beam.Create(parts)
+                 | "ReadMatched" >> beam.io.ReadAllFromParquet(columns=list(MATCHED_COLUMNS)))
+        kept, dropped, counts, counts_after = pairs | "CapPairs" >> CapPairsPerQuery(args.t, args.seed, args.mode)
+        _ = kept | "WriteBalanced" >> beamio.WriteParquetFiles(
+            f"{out}/part", BALANCED_SCHEMA, lambda r: r["uid"], rows_per_file=args.rows_per_file)
+        _ = dropped | "WriteDropped" >> beam.io.WriteToParquet(  # layout per bundle: no shuffle for dropped uids
+            f"{out}/rejected/part", REJECTED_SCHEMA, codec="zstd", file_name_suffix=".parquet")
+        _ = counts | "WriteEntryCounts" >> beam.Map(
+            lambda before, after: beamio.write_counts_tsv(f"{out}/entry_counts.tsv", queries,
+                                                          {"before": before, "after": after}),
+            after=beam.pvalue.AsSingleton(counts_after))
+    totals = read_counters(p.result, STAGE)
+    counters = beamio.manifest_counters(totals)
+    before, after = read_entry_counts(f"{out}/entry_counts.tsv")
+    stats = {"mode": args.mode, "t": args.t, "seed": args.seed, **balance_stats(before, after, args.t),
+             "pairs_before": counters["read"], "pairs_kept": counters["kept"],
+             "expected_kept_metaclip": round(totals.get("expected_kept_millionths", 0) / EXPECTED_SCALE, 3)}
+    write_json_atomic(f"{out}/stats.json", stats)
+    plot_entry_counts(before, after, args.t, f"{out}/entry_counts.png")
+    settings = dict(vars(args), beam_args=beam_args)
+    inputs = [beamio.input_info(path) for path in (*parts, f"{args.matched.rstrip('/')}/query_counts.tsv")]
+    manifest = write_manifest(out, stage=STAGE, settings=settings, inputs=inputs, counters=counters,
+                              wall_time_s=time.monotonic() - started, extra={"stats": stats})
+    log.info("balance (%s, t=%d): %d -> %d pairs; tail share %.3f -> %.3f", args.mode, args.t, counters["read"],
+             counters["kept"], stats["tail_share_before"], stats["tail_share_after"])
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    beamio.configure_logging()
+    run(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

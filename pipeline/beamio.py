@@ -1,0 +1,158 @@
+"""Beam I/O shared by the `match` and `balance` stages: deterministic parquet output and per-query counts.
+
+`WriteParquetFiles` (used by `balance`, whose files are img2dataset's input) writes a PCollection of row
+dicts as `<prefix>-00000-of-0000N.parquet`: rows go to
+file `bucket(key)` (a hash of a unique row key, e.g. the uid), each file sorted by that key, and the number
+of files is `ceil(rows / rows_per_file)`. File names and contents are therefore a function of the set of
+rows alone, not of the runner, the worker count or the bundle boundaries (Beam's own `WriteToParquet`
+names shards by bundle and orders rows as they arrive). Files hold about `rows_per_file` rows (hash
+partitioning, not an exact split); an empty input still gives one empty file with the schema, so the
+next stage always finds a readable file. Each file is written to a temporary name and renamed, so a
+retried bundle never leaves half a file.
+
+`CountQueryIdsFn` counts query ids per bundle in a dict before merging (Beam's per-element cost would
+dominate a one-element-per-id count); `write_counts_tsv` writes one row per query of the list, zero
+counts included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import Any, Callable, Iterable
+
+import apache_beam as beam
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.manifest import file_info
+
+log = logging.getLogger(__name__)
+
+
+def bucket_of(key: str, n_buckets: int) -> int:
+    """Bucket 0..n-1 of a string key, the same on every worker (blake2b, not Python's salted hash())."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") * n_buckets) >> 64
+
+
+def write_parquet_file(path: str, rows: list[dict[str, Any]], schema: pa.Schema) -> str:
+    """Write rows atomically (temporary name, then rename) through fsspec; return the path."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fs.makedirs(fs._parent(fs_path), exist_ok=True)
+    tmp = f"{fs_path}.tmp"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.mv(tmp, fs_path)
+    return path
+
+
+def _write_bucket(item: tuple[int, Iterable[dict[str, Any] | None]], prefix: str, n_files: int,
+                  schema: pa.Schema, sort_key: Callable[[dict], str]) -> str:
+    bucket, rows = item
+    rows = sorted((row for row in rows if row is not None), key=sort_key)  # None: the bucket's marker
+    return write_parquet_file(f"{prefix}-{bucket:05d}-of-{n_files:05d}.parquet", rows, schema)
+
+
+class WriteParquetFiles(beam.PTransform):
+    """Row dicts -> `<prefix>-KKKKK-of-NNNNN.parquet`, hash-bucketed by a unique key and sorted by it.
+
+    Deterministic layout has a price: the rows are counted first (N = ceil(rows / rows_per_file)) and then
+    shuffled once by bucket, which on the local FnApiRunner costs about as much per row as matching does.
+    Stages whose output layout need not be deterministic use Beam's WriteToParquet (no shuffle) instead.
+    """
+
+    def __init__(self, prefix: str, schema: pa.Schema, sort_key: Callable[[dict], str], rows_per_file: int):
+        super().__init__()
+        if rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
+        self.prefix, self.schema, self.sort_key, self.rows_per_file = prefix, schema, sort_key, rows_per_file
+
+    def expand(self, rows):
+        n_files = (rows
+                   | "CountRows" >> beam.combiners.Count.Globally()
+                   | "FileCount" >> beam.Map(lambda n, per_file: max(1, math.ceil(n / per_file)),
+                                             per_file=self.rows_per_file))
+        n_files_side = beam.pvalue.AsSingleton(n_files)
+        keyed_rows = rows | "KeyByBucket" >> beam.Map(
+            lambda row, n, key: (bucket_of(key(row), n), row), n=n_files_side, key=self.sort_key)
+        # One (bucket, None) marker per bucket, so that an empty bucket (or an empty input) still gets its file.
+        markers = n_files | "ListBuckets" >> beam.FlatMap(lambda n: [(b, None) for b in range(n)])
+        return ((keyed_rows, markers)
+                | "AddMarkers" >> beam.Flatten()
+                | "GroupByBucket" >> beam.GroupByKey()
+                | "WriteFile" >> beam.Map(_write_bucket, prefix=self.prefix, n_files=n_files_side,
+                                          schema=self.schema, sort_key=self.sort_key))
+
+
+class CountQueryIdsFn(beam.CombineFn):
+    """{query_id: number of pairs containing it}, counted in a dict per bundle before merging."""
+
+    def create_accumulator(self) -> dict[int, int]:
+        return {}
+
+    def add_input(self, acc: dict[int, int], query_ids: Iterable[int]) -> dict[int, int]:
+        for qid in query_ids:
+            acc[qid] = acc.get(qid, 0) + 1
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict[int, int]]) -> dict[int, int]:
+        accs = iter(accs)
+        merged = next(accs, {})
+        for acc in accs:
+            for qid, n in acc.items():
+                merged[qid] = merged.get(qid, 0) + n
+        return merged
+
+    def extract_output(self, acc: dict[int, int]) -> dict[int, int]:
+        return acc
+
+
+def write_counts_tsv(path: str, queries: list[str], columns: dict[str, dict[int, int]]) -> str:
+    """`query_id, query, <column>...` for every query (zero counts included), in query_id order."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    tmp = f"{fs_path}.tmp"
+    with fs.open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\t".join(("query_id", "query", *columns)) + "\n")
+        for qid, query in enumerate(queries):
+            f.write("\t".join((str(qid), query, *(str(c.get(qid, 0)) for c in columns.values()))) + "\n")
+    fs.mv(tmp, fs_path)
+    return path
+
+
+CHECKSUM_MAX_BYTES = 256 << 20  # checksum inputs up to 256 MiB; a TB-scale pool gets sizes only (hashing = reading it)
+
+
+def input_info(path: str) -> dict[str, Any]:
+    """Manifest entry of one input file: path and size, plus sha256 when the file is small enough."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    size = fs.size(fs_path)
+    return file_info(path) if size <= CHECKSUM_MAX_BYTES else {"path": path, "bytes": size}
+
+
+def clear_previous_output(out: str) -> None:
+    """Remove a stage's own part files from an earlier run (a smaller rerun must leave no stale parts)."""
+    fs, root = fsspec.core.url_to_fs(out)
+    stale = fs.glob(f"{root}/part-*.parquet") + fs.glob(f"{root}/rejected/part-*.parquet")
+    if stale:
+        log.info("removing %d part files of a previous run under %s", len(stale), out)
+        fs.rm(stale)
+    fs.makedirs(f"{root}/rejected", exist_ok=True)
+
+
+def manifest_counters(totals: dict[str, int]) -> dict[str, Any]:
+    """Beam counters `read`, `kept`, `rejected_<reason>` -> the manifest's {read, kept, rejected: {reason: n}}."""
+    return {"read": totals.get("read", 0), "kept": totals.get("kept", 0),
+            "rejected": {name.removeprefix("rejected_"): n for name, n in sorted(totals.items())
+                         if name.startswith("rejected_")}}
+
+
+def configure_logging() -> None:
+    """CLI logging: warnings from libraries, INFO from our own `pipeline.*` loggers (what the stage did)."""
+    # force: importing Beam already configured the root logger, so a plain basicConfig would do nothing.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for name in ("pipeline", "__main__"):  # a stage run as `python -m pipeline.x` logs as __main__
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -1,0 +1,413 @@
+"""Tests of the `match` stage: matching semantics, filters, pool readers, the transform, run() end to end."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import socket
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import lid, match, pool
+from pipeline.records import QueryListError, load_query_list, parse_query_list, uid_of
+from pipeline.text import normalize_entry, spacing
+
+FAST = ["--runner=FnApiRunner"]
+
+
+def write_queries(path, queries) -> str:
+    lines = ["query_id\tquery\tsource\tcount\tpmi"]
+    lines += [f"{i}\t{normalize_entry(q)}\tunigram\t\t" for i, q in enumerate(queries)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def naive_match(queries: list[str], caption: str) -> list[int]:
+    """MetaCLIP's reference loop: every entry, `' ' + entry + ' ' in spaced_text`."""
+    text = spacing(caption)
+    return [i for i, q in enumerate(queries) if f" {normalize_entry(q)} " in text]
+
+
+# ---- matching semantics ----------------------------------------------------------------------------------
+
+QUERIES = ["new", "york", "new york", "New York", "new york city", "dog", "hot dog", "St. Louis", "café",
+           "東京", "e-mail", "U.S.", "a"]
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("I love new york city", ["new", "york", "new york", "new york city"]),   # nested and overlapping
+    ("New York, 1990", ["New York"]),                                           # case-sensitive; comma split off
+    ("a dog.", ["dog", "a"]),                                                   # trailing full stop
+    ("hot dogs and a hotdog", ["a"]),                                           # whole tokens only
+    ("Hot dog!", ["dog"]),
+    ("Arch in St. Louis", ["St. Louis"]),                                       # punctuation inside an entry
+    ("un café à Paris", ["café"]),                                              # unicode letters
+    ("東京 tower", ["東京"]), ("東京タワー", []),                                  # no token boundary inside CJK
+    ("send an e-mail", ["e-mail"]), ("email", []),
+    ("made in the U.S.", ["U.S."]),
+    ("new\tyork   times", ["new", "york", "new york"]),                        # whitespace runs collapse
+    ("", []),
+])
+@pytest.mark.parametrize("backend", match.MATCHERS)
+def test_matcher_examples(caption, expected, backend):
+    matcher = match.QueryMatcher([normalize_entry(q) for q in QUERIES], backend)
+    got = [QUERIES[i] for i in matcher.match(caption)]
+    assert sorted(got) == sorted(expected)
+    assert matcher.match(caption) == naive_match(QUERIES, caption)
+
+
+VOCAB = ["new", "york", "New", "dog", "a", "é", "東京", ",", ".", "!", "?", "`", ";", ":", "dogs", "x-y"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(queries=st.lists(st.lists(st.sampled_from(VOCAB), min_size=1, max_size=3).map(" ".join),
+                        min_size=1, max_size=12),
+       words=st.lists(st.sampled_from(VOCAB + [" ", "\t", "  "]), max_size=20),
+       backend=st.sampled_from(match.MATCHERS))
+def test_matcher_equals_naive_loop(queries, words, backend):
+    caption = "".join(w if w.isspace() or i % 2 else w + " " for i, w in enumerate(words))
+    matcher = match.QueryMatcher([normalize_entry(q) for q in queries], backend)
+    assert matcher.match(caption) == naive_match(queries, caption)
+
+
+@pytest.mark.parametrize("backend", match.MATCHERS)
+def test_matcher_duplicate_entries_return_all_ids(backend):
+    matcher = match.QueryMatcher(["dog", "cat", "dog"], backend)
+    assert matcher.match("a dog and a cat") == [0, 1, 2]
+    assert match.QueryMatcher([], backend).match("anything") == []
+    with pytest.raises(ValueError, match="unknown matcher"):
+        match.QueryMatcher(["dog"], "regex")
+
+
+# ---- normalisation and filters ---------------------------------------------------------------------------
+
+def test_normalize_caption():
+    assert match.normalize_caption("Caf&eacute;\n  au\tlait ") == "Café au lait"
+    assert match.normalize_caption("Cafe\u0301") == "Café"  # NFC: e + combining acute -> é
+    assert match.normalize_caption("Tom &amp; Jerry") == "Tom & Jerry"
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"url": None, "caption": "x"}, match.MISSING_URL),
+    ({"url": "", "caption": "x"}, match.MISSING_URL),
+    ({"url": "http://a", "caption": None}, match.MISSING_CAPTION),
+    ({"url": 3, "caption": "x"}, match.NON_STRING_URL),
+    ({"url": "http://a", "caption": 3.5}, match.NON_STRING_CAPTION),
+    ({"url": "http://a", "caption": "x", "reason": "malformed_row"}, "malformed_row"),
+    ({"url": "http://a", "caption": "x"}, None),
+])
+def test_raw_row_reason(row, reason):
+    assert match.raw_row_reason(row) == reason
+
+
+@pytest.mark.parametrize("url, ok", [("http://a.com/x.jpg", True), ("HTTPS://a.com/x", True),
+                                     ("ftp://a.com/x", False), ("data:image/png;base64,xx", False),
+                                     ("/relative.jpg", False), ("http://a b.com/x", False), ("http://", False),
+                                     ("http://a.com?q=1", True)])
+def test_url_reason(url, ok):
+    assert (match.url_reason(url) is None) == ok
+
+
+def test_caption_reason():
+    assert match.caption_reason("", 5, 10, 1) == match.EMPTY_CAPTION
+    assert match.caption_reason("abc", 5, 10, 1) == match.CAPTION_TOO_SHORT
+    assert match.caption_reason("x" * 11, 5, 10, 1) == match.CAPTION_TOO_LONG
+    assert match.caption_reason("abcdef", 5, 10, 2) == match.TOO_FEW_WORDS
+    assert match.caption_reason("abc def", 5, 10, 2) is None
+
+
+def test_judge_row_order_and_record():
+    matcher = match.QueryMatcher(["dog"])
+    row = {"source": "f:1", "url": " http://a/1.jpg ", "caption": "A  dog &amp; me", "meta": {"w": 3}}
+    record, reason = match.judge_row(row, matcher, None, (), 5, 100, 1, keep_cols=("w",))
+    assert reason is None
+    assert record == {"uid": uid_of("http://a/1.jpg", "A dog & me"), "url": "http://a/1.jpg",
+                      "caption": "A dog & me", "query_ids": [0], "w": "3", "source": "f:1"}
+    def french(text: str) -> str:  # a stand-in language identifier
+        return "fr"
+
+    assert match.judge_row(row, matcher, french, ("en",), 5, 100, 1)[1] == match.WRONG_LANGUAGE
+    no_match = dict(row, caption="a cat")
+    assert match.judge_row(no_match, matcher, french, ("en",), 5, 100, 1)[1] == match.NO_QUERY_MATCH
+
+
+def test_pick_url_winner_is_order_independent():
+    records = [{"uid": u, "source": s} for u, s in [("b", "1"), ("a", "9"), ("a", "2"), ("c", "0")]]
+    winner, losers = match.pick_url_winner(records)
+    assert winner == {"uid": "a", "source": "2"}
+    assert match.pick_url_winner(reversed(records))[0] == winner
+    assert len(losers) == 3
+
+
+def test_uid_is_stable_128_bit_hex():
+    uid = uid_of("http://a/1.jpg", "a dog")
+    assert len(uid) == 32 and int(uid, 16) >= 0
+    assert uid == uid_of("http://a/1.jpg", "a dog") != uid_of("http://a/1.jpg", "a dog ")
+
+
+# ---- query list format -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("", "header"),
+    ("query\tsource\trank\ndog\tw\t1\n", "header"),
+    ("query_id\tquery\tsource\tcount\tpmi\n1\tdog\tu\t\t\n", "expected 0"),
+    ("query_id\tquery\tsource\tcount\tpmi\n0\tdog\tu\n", "fields"),
+    ("query_id\tquery\tsource\tcount\tpmi\n0\tSt. Louis\tu\t\t\n", "not normalized"),
+    ("query_id\tquery\tsource\tcount\tpmi\n0\t\tu\t\t\n", "empty"),
+])
+def test_query_list_wrong_format(text, message):
+    with pytest.raises(QueryListError, match=message):
+        parse_query_list(io.StringIO(text), name="q.tsv")
+
+
+def test_load_query_list_gzip_and_not_utf8(tmp_path):
+    path = tmp_path / "q.tsv.gz"
+    path.write_bytes(gzip.compress(b"query_id\tquery\tsource\tcount\tpmi\n0\tdog\tunigram\t120\t\n"))
+    assert load_query_list(str(path)) == ["dog"]
+    (tmp_path / "bad.tsv").write_bytes(b"query_id\tquery\tsource\tcount\tpmi\n0\t\xff\tu\t\t\n")
+    with pytest.raises(QueryListError, match="not UTF-8"):
+        load_query_list(str(tmp_path / "bad.tsv"))
+
+
+# ---- pool readers ----------------------------------------------------------------------------------------
+
+def test_read_tsv_with_and_without_header(tmp_path):
+    (tmp_path / "h.tsv").write_bytes(b"caption\turl\nA dog\thttp://a/1\n\nbad \xff\thttp://a/2\nonly-one-field\n")
+    rows = list(pool.read_pool_file(str(tmp_path / "h.tsv"), pool.PoolSpec()))
+    assert [(r["url"], r["caption"], r.get("reason")) for r in rows] == [
+        ("http://a/1", "A dog", None), ("http://a/2", "bad \ufffd", "invalid_utf8"), (None, None, "malformed_row")]
+    assert [r["source"].rsplit(":", 1)[1] for r in rows] == ["2", "4", "5"]
+    (tmp_path / "cc3m.tsv.gz").write_bytes(gzip.compress(b"A dog\thttp://a/1\n"))
+    spec = pool.PoolSpec(url_col="1", caption_col="0", header=False)
+    assert [(r["url"], r["caption"]) for r in pool.read_pool_file(str(tmp_path / "cc3m.tsv.gz"), spec)] == [
+        ("http://a/1", "A dog")]
+
+
+def test_read_csv_quoted_and_jsonl(tmp_path):
+    with open(tmp_path / "p.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["url", "caption", "w"], ["http://a/1", 'a "dog", really', "64"]])
+    rows = list(pool.read_pool_file(str(tmp_path / "p.csv"), pool.PoolSpec(keep_cols=("w",))))
+    assert [(r["url"], r["caption"], r["meta"]) for r in rows] == [("http://a/1", 'a "dog", really', {"w": "64"})]
+    lines = [json.dumps({"url": "http://a/1", "caption": "a dog"}), "{not json", json.dumps([1, 2]),
+             json.dumps({"url": "http://a/2"}), json.dumps({"url": "http://a/3", "caption": 7})]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    rows = list(pool.read_pool_file(str(tmp_path / "p.jsonl"), pool.PoolSpec()))
+    reasons = [r.get("reason") or match.raw_row_reason(r) for r in rows]
+    assert reasons == [None, "malformed_row", "malformed_row", "missing_caption", "non_string_caption"]
+
+
+def test_read_parquet_nulls_and_binary(tmp_path):
+    table = pa.table({"URL": ["http://a/1", "http://a/2", None],
+                      "TEXT": pa.array([b"a dog", b"\xffbad", b"x"], type=pa.binary())})
+    pq.write_table(table, tmp_path / "p.parquet")
+    rows = list(pool.read_pool_file(str(tmp_path / "p.parquet"), pool.PoolSpec(url_col="URL", caption_col="TEXT")))
+    assert [r.get("reason") or match.raw_row_reason(r) for r in rows] == [None, "invalid_utf8", "missing_url"]
+
+
+def write_wat(path) -> None:
+    """A two-record WAT file as Common Crawl writes them: one page with <img> links, one non-JSON record."""
+    from warcio.warcwriter import WARCWriter
+
+    links = [{"path": "IMG@/src", "url": "img/cat.jpg", "alt": "A cat on a mat"},
+             {"path": "A@/href", "url": "/about", "text": "About"},
+             {"path": "IMG@/src", "url": "https://cdn.example.com/dog.png", "alt": "a dog"},
+             {"path": "IMG@/src", "url": "/no-alt.jpg"}]
+    envelope = {"Envelope": {"WARC-Header-Metadata": {"WARC-Target-URI": "http://example.com/pets/index.html"},
+                             "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Links": links}}}}}
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for payload in (json.dumps(envelope).encode(), b"not json"):
+            record = writer.create_warc_record("http://example.com/pets/index.html", "metadata",
+                                               payload=io.BytesIO(payload), warc_content_type="application/json")
+            writer.write_record(record)
+
+
+def test_read_wat_image_links(tmp_path):
+    write_wat(tmp_path / "x.warc.wat.gz")
+    rows = list(pool.read_pool_file(str(tmp_path / "x.warc.wat.gz"), pool.PoolSpec()))
+    assert [(r["url"], r["caption"], r.get("reason")) for r in rows] == [
+        ("http://example.com/pets/img/cat.jpg", "A cat on a mat", None),
+        ("https://cdn.example.com/dog.png", "a dog", None),
+        ("http://example.com/no-alt.jpg", None, None),
+        (None, None, "malformed_row")]
+    assert rows[0]["meta"] == {"page_url": "http://example.com/pets/index.html"}
+
+
+def test_pool_file_errors(tmp_path):
+    with pytest.raises(pool.PoolError, match="empty pool"):
+        pool.expand_pool([str(tmp_path / "*.parquet")])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(pool.PoolError, match="not a readable parquet"):
+        pool.check_pool_files([str(tmp_path / "bad.parquet")], pool.PoolSpec())
+    pq.write_table(pa.table({"URL": ["http://a"], "TEXT": ["t"]}), tmp_path / "ok.parquet")
+    with pytest.raises(pool.PoolError, match="no column 'caption'"):
+        pool.check_pool_files([str(tmp_path / "ok.parquet")], pool.PoolSpec(url_col="URL"))
+    with pytest.raises(pool.PoolError, match="cannot tell the pool format"):
+        pool.check_pool_files([str(tmp_path / "pool.txt")], pool.PoolSpec())
+
+
+# ---- language ID -----------------------------------------------------------------------------------------
+
+def test_fasttext_lid_loads_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("LID tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    language = lid.load_identifier("fasttext")
+    assert language("a dog running on the beach") == "en"
+    assert language("un chien qui court sur la plage") == "fr"
+
+
+def test_langdetect_is_seeded():
+    language = lid.load_identifier("langdetect")
+    texts = ["a dog running on the beach", "ein Hund am Strand", "12345"]
+    assert [language(t) for t in texts] == [language(t) for t in texts]
+    assert language("12345") is None
+    with pytest.raises(ValueError, match="unknown LID backend"):
+        lid.load_identifier("cld3")
+
+
+# ---- the transform on beam.Create ------------------------------------------------------------------------
+
+def test_match_captions_transform(tmp_path):
+    queries = write_queries(tmp_path / "q.tsv", ["dog", "new", "new york"])
+    pairs = [("http://a/1", "A dog in new york"), ("http://a/1", "Another dog"), ("http://a/2", "a cat only"),
+             ("ftp://a/3", "a dog"), ("http://a/4", "dog"), ("http://a/5", None)]
+    rows = [{"source": f"s:{i}", "url": url, "caption": cap, "meta": {}} for i, (url, cap) in enumerate(pairs)]
+    (winner, loser) = sorted([0, 1], key=lambda i: uid_of(*pairs[i]))  # the smaller uid keeps the URL
+    with TestPipeline(argv=FAST) as p:
+        matched, rejected = (p | beam.Create(rows)
+                             | match.MatchCaptionsToQueries(queries, languages=(), min_chars=5))
+        assert_that(matched | "Pairs" >> beam.Map(lambda r: (r["uid"], r["caption"], r["query_ids"])),
+                    equal_to([(uid_of(*pairs[winner]), pairs[winner][1], [0, 1, 2] if winner == 0 else [0])]),
+                    label="CheckMatched")
+        assert_that(rejected | "Reasons" >> beam.Map(lambda r: (r["source"], r["reason"])),
+                    equal_to([(f"s:{loser}", "duplicate_url"), ("s:2", "no_query_match"), ("s:3", "not_http_url"),
+                              ("s:4", "caption_too_short"), ("s:5", "missing_caption")]), label="CheckRejected")
+
+
+# ---- run() end to end ------------------------------------------------------------------------------------
+
+CAPTIONS = ["A dog in New York.", "a cat sitting on a mat", "nothing to see", "the new york skyline at night",
+            "le cat est sur la table avec un chien", "A hot dog stand in the park", "dog", "A dog and a cat playing together"]
+
+
+def make_pool(tmp_path) -> str:
+    urls = [f"http://img.example.com/{i}.jpg" for i in range(len(CAPTIONS))]
+    urls[5] = urls[0]  # a duplicate URL
+    table = pa.table({"URL": urls + ["ftp://x/1.jpg", "http://x/2.jpg"], "TEXT": CAPTIONS + ["a dog", None],
+                      "WIDTH": list(range(len(CAPTIONS) + 2))})
+    pq.write_table(table, tmp_path / "pool-0.parquet")
+    return str(tmp_path / "pool-*.parquet")
+
+
+def read_rows(pattern: str) -> list[dict]:
+    import glob
+
+    return [row for f in sorted(glob.glob(pattern)) for row in pq.read_table(f).to_pylist()]
+
+
+def test_run_end_to_end(tmp_path):
+    queries = write_queries(tmp_path / "q.tsv", ["dog", "cat", "New York", "new york", "zebra"])
+    out = tmp_path / "matched"
+    manifest = match.run(["--pool", make_pool(tmp_path), "--url-col", "URL", "--caption-col", "TEXT",
+                          "--keep-cols", "WIDTH", "--queries", queries, "--out", str(out), *FAST])
+    counters = manifest["counters"]
+    assert counters["read"] == 10 and counters["kept"] == 4
+    assert counters["rejected"] == {"duplicate_url": 1, "no_query_match": 1, "wrong_language": 1,
+                                    "caption_too_short": 1, "not_http_url": 1, "missing_caption": 1}
+    matched = read_rows(str(out / "part-*.parquet"))
+    assert len(matched) == 4 and len({r["uid"] for r in matched}) == 4
+    assert {tuple(r["query_ids"]) for r in matched} >= {(1,), (3,)}
+    assert all(r["WIDTH"] is not None for r in matched)
+    rejected = read_rows(str(out / "rejected" / "part-*.parquet"))
+    assert len(rejected) == counters["read"] - counters["kept"]
+    counts = (out / "query_counts.tsv").read_text().splitlines()
+    assert counts[0] == "query_id\tquery\tcount" and counts[-1] == "4\tzebra\t0"  # zero-match entry listed
+    assert sum(int(line.split("\t")[2]) for line in counts[1:]) == sum(len(r["query_ids"]) for r in matched)
+    assert json.loads((out / "manifest.json").read_text())["counters"] == counters
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--queries": "{tmp}/bad-queries.tsv"}, "not a query list"),
+    ({"--pool": "{tmp}/missing-*.parquet"}, "empty pool"),
+    ({"--pool": "{tmp}/corrupt.parquet"}, "not a readable parquet"),
+    ({"--caption-col": "CAPTION"}, "no column 'CAPTION'"),
+    ({"--min-caption-chars": "50", "--max-caption-chars": "10"}, "min-caption-chars"),
+])
+def test_run_bad_file_or_setting_is_one_clear_error(tmp_path, change, message):
+    (tmp_path / "bad-queries.tsv").write_text("query\tsource\trank\ndog\tw\t1\n")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1\x00\x01garbage")
+    args = {"--pool": make_pool(tmp_path), "--url-col": "URL", "--caption-col": "TEXT",
+            "--queries": write_queries(tmp_path / "q.tsv", ["dog"]), "--out": str(tmp_path / "out")}
+    args.update({flag: value.format(tmp=tmp_path) for flag, value in change.items()})
+    with pytest.raises(SystemExit) as exc:
+        match.run([x for flag_value in args.items() for x in flag_value] + FAST)
+    assert str(exc.value).startswith("match: ") and message in str(exc.value)
+
+
+@pytest.mark.slow
+def test_run_same_output_on_one_and_two_workers(tmp_path):
+    queries = write_queries(tmp_path / "q.tsv", ["dog", "cat", "new york"])
+    common = ["--pool", make_pool(tmp_path), "--url-col", "URL", "--caption-col", "TEXT", "--queries", queries]
+    one = match.run(common + ["--out", str(tmp_path / "one"), *FAST])
+    two = match.run(common + ["--out", str(tmp_path / "two"), "--direct_running_mode=multi_processing",
+                              "--direct_num_workers=2"])
+    assert one["counters"] == two["counters"]
+    for pattern in ("part-*.parquet", "rejected/part-*.parquet"):  # same rows; file layout is per bundle
+        rows_one, rows_two = (sorted(map(str, read_rows(str(tmp_path / d / pattern)))) for d in ("one", "two"))
+        assert rows_one == rows_two and rows_one
+    assert (tmp_path / "one" / "query_counts.tsv").read_bytes() == (tmp_path / "two" / "query_counts.tsv").read_bytes()
+
+
+def test_run_wat_pool(tmp_path):
+    write_wat(tmp_path / "x.warc.wat.gz")
+    queries = write_queries(tmp_path / "q.tsv", ["cat", "dog"])
+    manifest = match.run(["--pool", str(tmp_path / "*.wat.gz"), "--queries", queries, "--out", str(tmp_path / "out"),
+                          "--keep-cols", "page_url", "--no-language-filter", "--matcher", "ahocorasick-rs", *FAST])
+    assert manifest["counters"] == {"read": 4, "kept": 2, "rejected": {"malformed_row": 1, "missing_caption": 1}}
+    rows = sorted(read_rows(str(tmp_path / "out" / "part-*.parquet")), key=lambda r: r["url"])
+    assert [(r["url"], r["caption"], r["query_ids"], r["page_url"]) for r in rows] == [
+        ("http://example.com/pets/img/cat.jpg", "A cat on a mat", [0], "http://example.com/pets/index.html"),
+        ("https://cdn.example.com/dog.png", "a dog", [1], "http://example.com/pets/index.html")]
+
+
+def test_nothing_matched_still_gives_readable_outputs_for_balance(tmp_path):
+    from pipeline import balance
+
+    queries = write_queries(tmp_path / "q.tsv", ["zebra"])
+    manifest = match.run(["--pool", make_pool(tmp_path), "--url-col", "URL", "--caption-col", "TEXT", "--queries",
+                          queries, "--out", str(tmp_path / "matched"), *FAST])
+    assert manifest["counters"]["kept"] == 0 and read_rows(str(tmp_path / "matched" / "part-*.parquet")) == []
+    balanced = balance.run(["--matched", str(tmp_path / "matched"), "--out", str(tmp_path / "balanced"), *FAST])
+    assert balanced["counters"] == {"read": 0, "kept": 0, "rejected": {}}
+    assert pq.read_schema(tmp_path / "balanced" / "part-00000-of-00001.parquet").names == [
+        "url", "caption", "uid", "query_ids"]
+
+
+@pytest.mark.slow
+def test_bench_match_runs_on_tiny_data(tmp_path):
+    """bench/bench_match.py end to end on a few made-up rows in the layout of ../shared/data (no real data)."""
+    from bench import bench_match
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bench-queries.tsv.gz").write_bytes(gzip.compress(
+        b"query\tsource\trank\nthe\twordfreq\t0\ndog\twordfreq\t1\nnew york\twordnet_noun\t2\n"))
+    (data / "cc3m-validation.tsv.gz").write_bytes(gzip.compress(
+        b"a dog in new york .\thttp://a/1.jpg\nthe cat on the mat\thttp://a/2.jpg\n"))
+    pq.write_table(pa.table({"URL": ["http://b/1.jpg", "http://b/2.jpg"], "TEXT": ["the dog park", None]}),
+                   data / "laion-sample-10k.parquet")
+    results = bench_match.main(["--data", str(data), "--captions", "40", "--naive-captions", "3",
+                                "--langdetect-captions", "3", "--chunks", "2", "--out", str(tmp_path / "r.json")])
+    assert results["entries"] == 3 and all(m["same_as_naive"] for m in results["matchers"].values())
+    assert json.loads((tmp_path / "r.json").read_text())["end_to_end"]["match_counters"]["read"] == 40
