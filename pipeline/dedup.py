@@ -1,0 +1,401 @@
+"""Stage 5 (`make dedup`): remove near-duplicates of evaluation images from the training shards.
+
+CLIP (Radford et al. 2021, section 5 and appendix C) found that web data holds copies of eval images; this
+stage finds them by perceptual hash and drops them before training. Two steps, as datatrove's
+decontamination: (1) index the eval side, (2) filter the shards against that index.
+
+In:  shards in img2dataset's WebDataset layout (`--shards`: a folder, glob or brace pattern of `.tar`),
+     eval sets (`--eval NAME=PATH`, several; layouts in `pipeline/evalsets.py`).
+Out (`--out`, e.g. work/dedup): `decisions.parquet` (one row per training sample x eval image pair within
+     the threshold: uid, key, shard, eval_set, eval_image_id, eval_label, distance, match = exact|near,
+     same_bytes, nearest = this is the sample's closest image of that eval set), `dropped.parquet` (every
+     dropped sample with its reason), `manifest.json` (samples dropped per eval set and their uids, eval
+     images hashed/unreadable, shard read errors), `cache/` (hashes, see `pipeline/phash.py`).
+     `--out-shards`: the kept samples, resharded to `--samples-per-shard`, members copied byte for byte
+     (`.jpg .txt .json` unchanged), plus per shard `NNNNN.parquet` (key, uid, url, caption, source_shard)
+     and `NNNNN_stats.json` (count/successes, which the trainer reads).
+Decision: a sample is dropped as `eval_duplicate` when its 64-bit pHash is within `--threshold` bits
+     (Hamming) of any eval image's; as `unreadable_image`/`decompression_bomb`/`missing_image` when it has no
+     decodable image (it cannot be checked, and the trainer could not use it anyway). Everything else is kept.
+Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test [--eval ...] \\
+         --out work/dedup --out-shards shards/NAME-dedup [--threshold 8] [--workers N]
+
+Threshold (DEFAULT_THRESHOLD = 8 bits of 64), chosen from `bench/bench_dedup.py --data ../shared/data`
+(BENCHMARKS.md, section dedup): 5,000 CIFAR-10 test images indexed; per web-style transform, 1,000 of them
+transformed as positives and 1,000 other CIFAR-10 test images (same classes and look: hard negatives)
+transformed the same way as negatives. Rule: the best recall on resize+recompress at precision >= 0.99, ties
+broken by recall on all transforms. Measured (precision / recall, resize+recompress pooled): t=2 1.000 / 0.998,
+t=4 1.000 / 1.000, t=6 0.997 / 1.000, t=8 0.997 / 1.000, t=10 0.990 / 1.000, t=12 0.946 / 1.000; all eight
+transforms pooled: t=4 0.678 recall, t=6 0.756, t=8 0.813, t=10 0.849 (precision 0.985). So 8 keeps
+precision 0.997 and catches most colour shifts (recall 0.999) and crops of 6% (0.835) as well. The false
+positives (0.3% of negatives at 6 to 8 bits) are mostly real: of the 30 closest pairs inside CIFAR-10's test
+set, about 19 are the same photo (cf. Barz & Denzler 2020, "Do we train on test data?"). Borders and text
+overlays move a pHash far more (recall 0.01 and 0.66 at 8): pHash finds resized, recompressed and lightly
+edited copies, not framed ones. Distances are nearly always even (a pHash has 32 bits set unless
+coefficients tie with the median), so 8 and 9 behave alike. The optional embedding-similarity second signal
+is not implemented (no flag).
+
+Search: faiss `IndexBinaryMultiHash` (3 x 21-bit sub-hashes, `nflip = threshold // 3`: by pigeonhole one
+sub-hash differs in at most that many bits, so recall is exact) for thresholds up to 8, `IndexBinaryFlat`
+above; range search with radius threshold + 1 (faiss returns distances strictly below the radius).
+Hashing runs on worker processes (see `pipeline/phash.py` for why not Beam); the search and the shard
+rewrite run in this process, shard by shard, so memory holds one shard's hashes, not the dataset's. Shards
+are read and rewritten with `pipeline/rawtar.py` (member headers copied unchanged, no tarfile rebuild).
+A corrupt or truncated shard contributes the samples read before the damage and is listed under
+`shard_errors` in the manifest; the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+import tarfile
+import time
+from collections.abc import Iterable
+
+import faiss
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import phash, rawtar
+from pipeline.evalsets import EvalSet, EvalSetError, open_eval_set, parse_eval_spec
+from pipeline.manifest import file_info, write_json_atomic, write_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup"
+DEFAULT_THRESHOLD = 8          # bits of 64; measured in bench/bench_dedup.py (see the module docstring)
+SAMPLES_PER_SHARD = 10_000     # img2dataset's default number_sample_per_shard
+MULTIHASH_NHASH, MULTIHASH_BITS = 3, 21   # DESIGN.md: 3 x 21 bits, ~5,700 q/s per core, exact with nflip
+EVAL_DUPLICATE = "eval_duplicate"
+SHARD_FILE = re.compile(r"^\d{5}(\.tar|\.parquet|_stats\.json)$")
+
+DECISION_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
+                             ("eval_set", pa.string()), ("eval_image_id", pa.string()), ("eval_label", pa.int64()),
+                             ("distance", pa.int32()), ("match", pa.string()), ("same_bytes", pa.bool_()),
+                             ("nearest", pa.bool_())])
+DROPPED_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
+                            ("reason", pa.string())])
+OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url", pa.string()),
+                              ("caption", pa.string()), ("source_shard", pa.string())])
+
+
+# ---- step 1: index the eval side --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvalIndex:
+    """Every hashed eval image of every set, in one faiss index; row i of the index is entry i here."""
+    index: faiss.IndexBinary
+    eval_set: list[str]
+    image_id: list[str]
+    label: list[int]
+    sha256: list[str]
+
+
+def build_binary_index(hashes: np.ndarray, threshold: int) -> faiss.IndexBinary:
+    """A faiss index over uint64 hashes that range-searches radius `threshold` with exact recall."""
+    if threshold // MULTIHASH_NHASH <= 2:
+        index = faiss.IndexBinaryMultiHash(64, MULTIHASH_NHASH, MULTIHASH_BITS)
+        index.nflip = threshold // MULTIHASH_NHASH
+    else:  # more flips cost more than a linear scan of the (small) eval side
+        index = faiss.IndexBinaryFlat(64)
+    index.add(phash.to_binary_codes(hashes))
+    return index
+
+
+def build_eval_index(tables: dict[str, pa.Table], threshold: int) -> EvalIndex:
+    """One index over the hashed images of all eval sets (unreadable eval images are left out and counted)."""
+    cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": [], "phash": []}
+    for name, table in tables.items():
+        ok = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
+        cols["eval_set"] += [name] * len(ok["image_id"])
+        for c in ("image_id", "label", "sha256", "phash"):
+            cols[c] += ok[c]
+    hashes = np.array(cols.pop("phash"), dtype=np.uint64)
+    return EvalIndex(index=build_binary_index(hashes, threshold), **cols)
+
+
+def range_search(index: faiss.IndexBinary, hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
+    """(query row, index row, distance) of every pair with Hamming distance <= threshold."""
+    if len(hashes) == 0 or index.ntotal == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    lims, distances, ids = index.range_search(phash.to_binary_codes(hashes), threshold + 1)
+    queries = np.repeat(np.arange(len(hashes)), np.diff(lims).astype(np.int64))
+    return queries, ids.astype(np.int64), distances.astype(np.int64)
+
+
+# ---- step 2: filter the shards -------------------------------------------------------------------------
+
+def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: int) -> list[dict]:
+    """Decision rows for one shard's hash table: each (sample, eval image) pair within the threshold."""
+    rows = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
+    hashes = np.array(rows["phash"], dtype=np.uint64)
+    queries, hits, distances = range_search(eval_index.index, hashes, threshold)
+    decisions = []
+    for q, h, d in zip(queries.tolist(), hits.tolist(), distances.tolist()):
+        decisions.append({
+            "uid": rows["uid"][q], "key": rows["key"][q], "shard": shard,
+            "eval_set": eval_index.eval_set[h], "eval_image_id": eval_index.image_id[h],
+            "eval_label": eval_index.label[h], "distance": d, "match": "exact" if d == 0 else "near",
+            "same_bytes": rows["sha256"][q] == eval_index.sha256[h]})
+    nearest: dict[tuple[str, str], int] = {}
+    for r in decisions:
+        k = (r["key"], r["eval_set"])
+        nearest[k] = min(nearest.get(k, r["distance"]), r["distance"])
+    for r in decisions:
+        r["nearest"] = r["distance"] == nearest[(r["key"], r["eval_set"])]
+    decisions.sort(key=lambda r: (r["key"], r["eval_set"], r["distance"], r["eval_image_id"]))
+    return decisions
+
+
+def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
+    """key -> reason for every sample of a shard that must go (no image, or an eval duplicate)."""
+    reasons = {k: s for k, s in zip(table["key"].to_pylist(), table["status"].to_pylist()) if s != phash.OK}
+    for d in decisions:
+        reasons.setdefault(d["key"], EVAL_DUPLICATE)
+    return reasons
+
+
+def list_shards(spec: str) -> list[str]:
+    """Shard paths from a folder, a glob, a brace pattern or one file (local or fsspec), sorted."""
+    if "{" in spec:
+        import braceexpand  # a webdataset dependency
+        return list(braceexpand.braceexpand(spec))
+    fs, path = fsspec.core.url_to_fs(spec)
+    protocol = spec.split("://")[0] + "://" if "://" in spec else ""
+    if any(c in path for c in "*?["):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = fs.glob(path.rstrip("/") + "/*.tar")
+    else:
+        found = [path] if fs.exists(path) else []
+    return sorted(protocol + p for p in found if p.endswith(".tar"))
+
+
+class ShardRewriter:
+    """Writes kept samples into `NNNNN.tar` shards of `per_shard` samples, members copied byte for byte."""
+
+    def __init__(self, out: str, per_shard: int):
+        self.out, self.per_shard = out.rstrip("/"), per_shard
+        self.fs, self.root = fsspec.core.url_to_fs(self.out)
+        self.shards: list[dict] = []
+        self._tar: rawtar.TarWriter | None = None
+        self._rows: list[dict] = []
+        self._sources: set[str] = set()
+
+    def _open(self) -> None:
+        self._name = f"{len(self.shards):05d}"
+        # open across add() calls until the shard is full, closed in _close(): no with-block fits
+        self._file = self.fs.open(f"{self.root}/{self._name}.tar.tmp", "wb")
+        self._tar = rawtar.TarWriter(self._file)
+
+    def _close(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self.fs.mv(f"{self.root}/{self._name}.tar.tmp", f"{self.root}/{self._name}.tar")
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=OUT_SHARD_SCHEMA),
+                       f"{self.root}/{self._name}.parquet", filesystem=self.fs)
+        n = len(self._rows)
+        stats = {"count": n, "successes": n, "failed_to_download": 0, "failed_to_resize": 0,
+                 "source_shards": sorted(self._sources)}
+        write_json_atomic(f"{self.out}/{self._name}_stats.json", stats)
+        self.shards.append({"shard": f"{self._name}.tar", "samples": n})
+        self._tar = None
+        self._rows, self._sources = [], set()
+
+    def add(self, members: list[rawtar.Member], meta: dict) -> None:
+        if self._tar is None:
+            self._open()
+        for m in members:
+            self._tar.add(m)
+        self._rows.append(meta)
+        self._sources.add(meta["source_shard"])
+        if len(self._rows) == self.per_shard:
+            self._close()
+
+    def finish(self) -> list[dict]:
+        if self._tar is not None:
+            self._close()
+        return self.shards
+
+
+def iter_raw_samples(path: str) -> Iterable[tuple[str, list[rawtar.Member]]]:
+    """(key, members) per sample of a shard, members in tar order; stops at a corrupt tail."""
+    try:
+        with fsspec.open(path, "rb") as f:
+            yield from rawtar.group_by_key(rawtar.iter_members(f))
+    except (OSError, tarfile.TarError, EOFError) as e:
+        log.warning("%s: stopped copying at a corrupt member: %s", path, e)
+
+
+def sample_meta(key: str, members: list[rawtar.Member], source: str) -> dict:
+    """The row of an output shard's parquet, from the sample's json (missing fields are null)."""
+    meta: dict = {}
+    for m in members:
+        if rawtar.extension(m) == "json":
+            try:
+                meta = json.loads(m.data)
+            except ValueError:
+                meta = {}
+    caption = meta.get("caption") if isinstance(meta, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return {"key": key, "uid": str(meta.get("uid", key)), "url": meta.get("url"),
+            "caption": caption if isinstance(caption, str) else None, "source_shard": os.path.basename(source)}
+
+
+def clear_shard_dir(out: str, inputs: list[str]) -> None:
+    """Remove a previous run's numbered shard files from `out` (only those); refuse to write over the inputs."""
+    fs, root = fsspec.core.url_to_fs(out)
+    if any(os.path.dirname(fsspec.core.url_to_fs(s)[1]) == root.rstrip("/") for s in inputs):
+        raise SystemExit(f"dedup: --out-shards {out} holds the input shards; choose another folder")
+    fs.makedirs(root, exist_ok=True)
+    for p in fs.ls(root, detail=False):
+        if SHARD_FILE.match(os.path.basename(p)):
+            fs.rm(p)
+
+
+# ---- the stage -------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.dedup", description=__doc__.split("\n")[0])
+    p.add_argument("--shards", required=True, help="folder, glob or brace pattern of WebDataset .tar shards")
+    p.add_argument("--eval", action="append", required=True, metavar="NAME=PATH",
+                   help="an eval set (ImageFolder dir, .tar/.tgz WebDataset with .cls, or MNIST-style .csv[.gz]); repeat")
+    p.add_argument("--classnames", action="append", default=[], metavar="NAME=FILE|a,b,c",
+                   help="class names of eval set NAME (default: a classnames.json/yaml/txt beside the set)")
+    p.add_argument("--out", required=True, help="decisions, manifest and hash cache go here (e.g. work/dedup)")
+    p.add_argument("--out-shards", required=True, help="filtered shards go here (e.g. shards/NAME-dedup)")
+    p.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
+                   help=f"max Hamming distance (bits of 64) of a near-duplicate (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--samples-per-shard", type=int, default=SAMPLES_PER_SHARD,
+                   help=f"samples per output shard (default {SAMPLES_PER_SHARD:,}, img2dataset's)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (1 = in-process)")
+    p.add_argument("--no-draft", dest="draft", action="store_false",
+                   help="decode JPEGs fully before hashing (~4x slower; the default decodes at 1/2-1/8 scale)")
+    args = p.parse_args(argv)
+    if not 0 <= args.threshold <= 32:
+        p.error("--threshold must be between 0 and 32 bits")
+    if args.samples_per_shard < 1:
+        p.error("--samples-per-shard must be >= 1")
+    return args
+
+
+def open_eval_sets(specs: list[str], classnames: list[str]) -> list[EvalSet]:
+    """EvalSets from NAME=PATH flags; EvalSetError on a bad spec, a duplicate name or missing class names."""
+    names = dict(parse_eval_spec(c) for c in classnames)
+    sets, seen = [], set()
+    for spec in specs:
+        name, path = parse_eval_spec(spec)
+        if name in seen:
+            raise EvalSetError(f"eval set name {name!r} given twice")
+        seen.add(name)
+        sets.append(open_eval_set(name, path, names.get(name)))
+    unknown = set(names) - seen
+    if unknown:
+        raise EvalSetError(f"--classnames for unknown eval set(s): {', '.join(sorted(unknown))}")
+    return sets
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the stage; returns the manifest. SystemExit('dedup: ...') on bad input."""
+    args = parse_args(argv)
+    started = time.time()
+    cache = os.path.join(args.out, "cache")
+    try:
+        eval_sets = open_eval_sets(args.eval, args.classnames)
+        shards = list_shards(args.shards)
+        if not shards:
+            raise SystemExit(f"dedup: no .tar shards at {args.shards}")
+        eval_tables = {s.name: phash.eval_hashes(s, cache, args.workers, args.draft) for s in eval_sets}
+        for name, table in eval_tables.items():
+            if phash.OK not in table["status"].to_pylist():
+                raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
+        clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
+    except EvalSetError as e:
+        raise SystemExit(f"dedup: {e}") from None
+    eval_index = build_eval_index(eval_tables, args.threshold)
+    log.info("indexed %d eval images from %d set(s)", eval_index.index.ntotal, len(eval_sets))
+
+    decisions, dropped, shard_errors = [], [], {}
+    rejected: collections.Counter = collections.Counter()
+    read = 0
+    writer = ShardRewriter(args.out_shards, args.samples_per_shard)
+    hashed = phash.parallel_map(phash.shard_hashes, shards, args.workers, desc="dedup shards", total=len(shards),
+                                cache_dir=cache, draft=args.draft)
+    for shard, (table, error) in zip(shards, hashed):
+        if error:
+            shard_errors[shard] = error
+        shard_decisions = match_shard(table, shard, eval_index, args.threshold)
+        reasons = drop_reasons(table, shard_decisions)
+        uids = dict(zip(table["key"].to_pylist(), table["uid"].to_pylist()))
+        decisions += shard_decisions
+        dropped += [{"uid": uids[k], "key": k, "shard": shard, "reason": r} for k, r in sorted(reasons.items())]
+        rejected.update(reasons.values())
+        read += table.num_rows
+        for key, members in iter_raw_samples(shard):
+            if key in uids and key not in reasons:   # samples past a corrupt tail were never hashed: not copied
+                writer.add(members, sample_meta(key, members, shard))
+    out_shards = writer.finish()
+    kept = sum(s["samples"] for s in out_shards)
+
+    os.makedirs(args.out, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(decisions, schema=DECISION_SCHEMA), os.path.join(args.out, "decisions.parquet"))
+    pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), os.path.join(args.out, "dropped.parquet"))
+    return write_manifest(
+        args.out, stage=STAGE,
+        settings={"threshold": args.threshold, "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
+                  "hash": f"imagehash.phash 64-bit v{phash.HASH_VERSION}", "samples_per_shard": args.samples_per_shard,
+                  "workers": args.workers, "index": type(eval_index.index).__name__, "out_shards": args.out_shards},
+        inputs=[file_info(s, checksum=False) for s in shards] +
+               [{"eval_set": s.name, "path": s.path, "layout": s.layout} for s in eval_sets],
+        counters={"read": read, "kept": kept, "rejected": dict(sorted(rejected.items()))},
+        wall_time_s=time.time() - started,
+        extra={"eval_sets": eval_summary(eval_sets, eval_tables, decisions),
+               "dropped_per_eval_set": dropped_per_set(eval_sets, decisions),
+               "shard_errors": shard_errors, "out_shards": out_shards})
+
+
+def eval_summary(eval_sets: list[EvalSet], tables: dict[str, pa.Table], decisions: list[dict]) -> dict:
+    """Per eval set: images, hashed, unreadable, images that are some training sample's nearest match (see
+    `pipeline.overlap`), class names and templates."""
+    matched = collections.defaultdict(set)
+    for d in decisions:
+        if d["nearest"]:
+            matched[d["eval_set"]].add(d["eval_image_id"])
+    summary = {}
+    for s in eval_sets:
+        status = collections.Counter(tables[s.name]["status"].to_pylist())
+        summary[s.name] = {"path": s.path, "layout": s.layout, "images": tables[s.name].num_rows,
+                           "hashed": status[phash.OK], "unreadable": {k: v for k, v in status.items() if k != phash.OK},
+                           "images_with_training_duplicate": len(matched[s.name]),
+                           "classnames": list(s.classnames), "templates": list(s.templates)}
+    return summary
+
+
+def dropped_per_set(eval_sets: list[EvalSet], decisions: list[dict]) -> dict:
+    """Per eval set: how many training samples it caused to drop, and their uids (a sample may count in several)."""
+    uids = collections.defaultdict(set)
+    for d in decisions:
+        uids[d["eval_set"]].add(d["uid"])
+    return {s.name: {"samples": len(uids[s.name]), "uids": sorted(uids[s.name])} for s in eval_sets}
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    manifest = run(argv)
+    c = manifest["counters"]
+    log.info("dedup: read %d, kept %d, rejected %s -> %s", c["read"], c["kept"], c["rejected"],
+             manifest["settings"]["out_shards"])
+
+
+if __name__ == "__main__":
+    main()

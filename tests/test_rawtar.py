@@ -1,0 +1,58 @@
+"""The fast tar reader/copier of dedup agrees with tarfile, falls back to it, and reports damage."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from pipeline import rawtar
+
+
+def tar_bytes(files: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+FILES = [("a1.jpg", b"\xff\xd8 jpeg"), ("a1.txt", b"caption"), ("a1.json", b"{}"), ("b2.jpg", b"x" * 1000),
+         ("sub/c3.jpg", b""), ("d" * 120 + ".txt", b"long name")]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_equal_tarfile_in_every_format(fmt):
+    files = FILES if fmt != tarfile.USTAR_FORMAT else FILES[:-1]   # ustar cannot hold a 124-character name
+    members = list(rawtar.iter_members(io.BytesIO(tar_bytes(files, fmt))))
+    assert [(m.name, m.data) for m in members] == files
+
+
+def test_copy_is_byte_identical_to_tarfile_output():
+    original = tar_bytes(FILES[:5])
+    out = io.BytesIO()
+    writer = rawtar.TarWriter(out)
+    for m in rawtar.iter_members(io.BytesIO(original)):
+        writer.add(m)
+    writer.close()
+    assert out.getvalue() == original
+
+
+def test_group_by_key_uses_the_first_dot():
+    members = [rawtar.member(n, d) for n, d in FILES[:5] + [("e.seg.cls", b"1")]]
+    assert [(k, [rawtar.extension(m) for m in g]) for k, g in rawtar.group_by_key(iter(members))] == [
+        ("a1", ["jpg", "txt", "json"]), ("b2", ["jpg"]), ("sub/c3", ["jpg"]), ("e", ["seg.cls"])]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:700], "unexpected end of data"),                        # cut inside a member
+    (lambda b: b[:2048], "no end-of-archive marker"),                     # cut exactly after 2 members
+    (lambda b: b[:10] + b"Z" + b[11:], "bad checksum"),                   # a flipped header byte
+])
+def test_damage_is_a_read_error(damage, message):
+    data = damage(tar_bytes(FILES[:5]))
+    with pytest.raises(tarfile.ReadError, match=message):
+        list(rawtar.iter_members(io.BytesIO(data)))
