@@ -1,0 +1,132 @@
+"""Tests of train/tokenizer.py against CLIP's known ids and a plain-Python copy of CLIP's BPE."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import unicodedata
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from train.tokenizer import DEFAULT_MERGES, N_MERGES, VOCAB_SIZE, ClipTokenizer, bytes_to_unicode, read_merges
+
+
+@pytest.fixture(scope="module")
+def merges_path():
+    if not DEFAULT_MERGES.exists():
+        pytest.fail(f"{DEFAULT_MERGES} is missing: run `make sample-data` to fetch CLIP's BPE merges")
+    return DEFAULT_MERGES
+
+
+@pytest.fixture(scope="module")
+def tokenizer(merges_path):
+    return ClipTokenizer(merges_path)
+
+
+@pytest.fixture(scope="module")
+def reference_bpe(merges_path):
+    return ReferenceBPE(merges_path)
+
+
+class ReferenceBPE:
+    """CLIP's SimpleTokenizer (openai/CLIP simple_tokenizer.py), minus ftfy, written out in plain Python."""
+
+    def __init__(self, path):
+        merges = gzip.open(path).read().decode("utf-8").split("\n")[1:N_MERGES + 1]
+        merges = [tuple(m.split()) for m in merges]
+        self.byte_encoder = bytes_to_unicode()
+        vocab = list(self.byte_encoder.values())
+        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+        vocab += ["<|startoftext|>", "<|endoftext|>"]
+        self.encoder = {v: i for i, v in enumerate(vocab)}
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        # CLIP's pattern without its special-token alternatives: literal "<|endoftext|>" in a caption is text
+        self.pattern = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+
+    def bpe(self, token: str) -> list[str]:
+        word = list(token[:-1]) + [token[-1] + "</w>"]
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            if best not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(word):
+                if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+                    merged.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        return word
+
+    def encode(self, text: str) -> list[int]:
+        text = regex.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip().lower()
+        ids = []
+        for token in regex.findall(self.pattern, text):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids += [self.encoder[piece] for piece in self.bpe(token)]
+        return ids
+
+
+def test_a_photo_of_a_cat_gives_clips_ids(tokenizer):
+    ids = tokenizer(["a photo of a cat"])
+    assert ids.shape == (1, 77) and ids.dtype == np.int64
+    assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert not ids[0, 7:].any()
+
+
+def test_vocabulary_has_clips_size(merges_path):
+    assert len(read_merges(merges_path)) == 48_894
+    assert VOCAB_SIZE == 256 * 2 + 48_894 + 2
+
+
+@pytest.mark.parametrize("text", [
+    "A Photo of a CAT.",
+    "two  dogs\tplaying\nfetch on the beach at sunset!!",
+    "it's what we'll do, they'd say: don't",
+    "New York City skyline, 1990s (black & white) &amp;amp; more",
+    "Ünïcödé café naïve Zürich résumé",
+    "東京の夜景 and 北京",
+    "emoji 🐱🐶 and symbols ©®™ ½ 3.14159 #hashtag @user",
+    "pneumonoultramicroscopicsilicovolcanoconiosis supercalifragilistic",
+    "e-mail C++ AT&T 100% $5.99",
+])
+def test_ids_match_the_reference_bpe(tokenizer, reference_bpe, text):
+    reference = reference_bpe.encode(text)
+    got = tokenizer([text])[0]
+    n = len(reference)
+    assert got[0] == tokenizer.sot_id and got[n + 1] == tokenizer.eot_id
+    assert got[1:n + 1].tolist() == reference
+    assert not got[n + 2:].any()
+
+
+def test_long_text_is_truncated_with_end_token_last(tokenizer):
+    ids = tokenizer(["word " * 200, "short"])
+    assert ids.shape == (2, 77)
+    assert ids[0, -1] == tokenizer.eot_id and (ids[0, 1:-1] > 0).all()
+    assert ids[0].argmax() == 76   # the text tower finds the end token by argmax
+
+
+def test_context_length_is_configurable(merges_path):
+    ids = ClipTokenizer(merges_path, context_length=8)(["a photo of a very large orange cat"])
+    assert ids.shape == (1, 8) and ids[0, 0] == 49406 and ids[0, -1] == 49407
+
+
+def test_missing_merges_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make sample-data"):
+        ClipTokenizer(tmp_path / "nope.txt.gz")
+
+
+# any assigned, NFC-normalised text (CLIP's ftfy also normalises to NFC; unassigned code points are left out)
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=30).map(lambda t: unicodedata.normalize("NFC", t)))
+def test_ids_match_the_reference_bpe_on_any_text(tokenizer, reference_bpe, text):
+    reference = reference_bpe.encode(text)[:75]
+    got = tokenizer([text])[0]
+    assert got[1:len(reference) + 1].tolist() == reference and got[len(reference) + 1] == 49407
