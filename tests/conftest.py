@@ -1,0 +1,12 @@
+"""Shared pytest fixtures."""
+
+import pytest
+
+from pipeline.imageserver import ImageServer
+
+
+@pytest.fixture
+def image_server():
+    """A loopback-only HTTP server (pipeline/imageserver.py), stopped when the test ends."""
+    with ImageServer() as server:
+        yield server
