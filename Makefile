@@ -91,8 +91,8 @@ overlap: setup  ## CLIP-style overlap report in reports/overlap (DEDUP=, PREDICT
 train: setup sample-data  ## train CLIP on shards, resuming runs/NAME (SHARDS=, CONFIG=, TRAIN_ARGS=)
 	$(PY) -m train.train --shards '$(SHARDS)' --config $(CONFIG) --out $(RUN) --resume $(TRAIN_ARGS)
 
-eval: setup sample-data  ## zero-shot eval of runs/NAME on EVAL=NAME=PATH (EVAL_ARGS=)
-	$(PY) -m train.zeroshot --checkpoint $(RUN)/ckpt_latest.pt $(foreach e,$(EVAL),--eval-set $(e)) $(EVAL_ARGS)
+eval: setup sample-data  ## zero-shot eval of runs/NAME on one eval set EVAL=NAME=PATH (EVAL_ARGS=)
+	$(PY) -m train.zeroshot --checkpoint $(RUN)/ckpt_latest.pt --eval-set $(firstword $(EVAL)) $(EVAL_ARGS)
 
 # ---------------------------------------------------------------------------------------------------
 # The demo: every stage on the sample data, as file targets so a second `make demo` reuses what is done.
@@ -156,12 +156,17 @@ $(DEMO)/report.done: reports/demo/stats/stats.json runs/demo/zeroshot.json
 		--out reports/demo/overlap
 	@touch $@
 
-bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA=../shared/data for real inputs)
+# Larger real inputs for benchmarks (the 411k-entry query list, CC3M/LAION captions, CIFAR-10): used when
+# the development data folder is beside the checkout, or DATA= points at one.
+DATA ?= $(wildcard ../shared/data)
+
+bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA= folder of larger real inputs)
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
-	$(PY) -m bench.bench_match $(if $(DATA),--data $(DATA))
+	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
 	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_dedup $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_train
+	$(PY) -m bench.projection
 
 clean:  ## remove generated outputs (not .venv, not data/sample)
 	rm -rf work runs reports bench/results queries/*/ shards/*/

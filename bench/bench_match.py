@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import machine, machine_line, update_section
 from pipeline import balance, lid, match
 from pipeline.text import normalize_entry, spacing
 
@@ -314,8 +315,20 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(work)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    md = section(results)
+    update_section("match", md)
+    print(md)
     return results
+
+
+def section(r: dict) -> str:
+    """The BENCHMARKS.md section: machine, load, then the table."""
+    load = ", ".join(f"{x:.1f}" for x in r["load_average_at_start"])
+    return (f"## Stage 2: match (`python -m bench.bench_match --data ../shared/data`)\n\n"
+            f"Machine: {machine_line(machine())}; load average at start {load}.\n"
+            f"Real queries (`bench-queries.tsv.gz`, wordfreq + WordNet) against real CC3M + LAION captions replicated "
+            f"to {r['captions']:,}. Rates are the best of {r.get('chunks', 4)} interleaved slices, one core.\n\n"
+            + markdown(r) + "\n")
 
 
 if __name__ == "__main__":

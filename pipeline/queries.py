@@ -41,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from pipeline import beamrun, manifest, wikidump, wikitext
+from pipeline.records import QUERY_LIST_HEADER
 from pipeline.text import is_query_token, normalize_entry, tokenize
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ MAX_ENTRIES = 500_000         # CLIP paper: "a list of 500,000 queries"
 SOURCES = ("wordnet", "unigram", "bigram", "title")   # merge priority, MetaCLIP's order
 PRIORITY = {s: i for i, s in enumerate(SOURCES)}
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
-HEADER = "query_id\tquery\tsource\tcount\tpmi\n"
 
 _MARKUP_CHARS = re.compile(r"[\[\]{}|<>=_]")
 _DISAMBIGUATION = re.compile(r"\s+\([^()]*\)$")
@@ -167,7 +167,7 @@ def rank_key(row: tuple) -> tuple:
 
 
 def format_rows(rows: list[tuple]) -> str:
-    lines = [HEADER]
+    lines = ["\t".join(QUERY_LIST_HEADER) + "\n"]
     for qid, (query, sources, count, pmi, _) in enumerate(rows):
         lines.append(f"{qid}\t{query}\t{sources}\t{'' if count is None else count}\t"
                      f"{'' if pmi is None else f'{pmi:.4f}'}\n")
