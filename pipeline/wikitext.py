@@ -180,18 +180,21 @@ def remove_tables(text: str) -> str:
 
 
 def link_text(inner: str) -> str:
-    """What a reader sees of '[[inner]]': its label or target; nothing for file/category/interwiki links."""
+    """What a reader sees of '[[inner]]': its label or target; nothing for file/category/interwiki links.
+
+    The text is returned as written (spaces included), exactly as the plain-link fast path returns it.
+    """
     target, pipe, label = inner.partition("|")
-    target = target.strip()
-    if target.startswith(":"):  # [[:Category:Foo]] is a visible link
-        target = target[1:]
-    elif ":" in target:
-        prefix = target.split(":", 1)[0].strip().lower()
+    name = target.strip()
+    if name.startswith(":"):  # [[:Category:Foo]] is a visible link
+        target = name[1:]
+    elif ":" in name:
+        prefix = name.split(":", 1)[0].strip().lower()
         if prefix in _DROP_LINK_PREFIXES or prefix in _INTERWIKI_PREFIXES or _LANGUAGE_PREFIX.match(prefix):
             return ""
     if pipe:  # an empty label was a template we removed: the reader saw its output, not the target
         return label.rsplit("|", 1)[-1]
-    return target.split("#", 1)[0] if not target.startswith("#") else target[1:]
+    return target[1:] if name.startswith("#") else target.split("#", 1)[0]
 
 
 def replace_links(text: str) -> str:
@@ -220,9 +223,9 @@ def scan_links(text: str) -> str:
             stack[-1].append(link_text(inner))
         # a ']]' with no '[[' open is stray markup and is dropped
     stack[-1].append(text[pos:])
-    while len(stack) > 1:
+    while len(stack) > 1:  # an unclosed '[[' becomes a space, as a stray bracket would
         inner = "".join(stack.pop())
-        stack[-1].append(inner)
+        stack[-1].append(" " + inner)
     return "".join(stack[0])
 
 
