@@ -126,7 +126,7 @@ shards/demo/manifest.json: $(DEMO)/balanced/manifest.json
 	@echo "== 3c. download into WebDataset shards from a loopback server on port $(DEMO_PORT)"
 	$(PY) -m pipeline.imageserver --folder $(DEMO)/world/www/files --port $(DEMO_PORT) -- \
 		$(PY) -m pipeline.shards --input $(DEMO)/balanced --out shards/demo --queries $(DEMO_Q) \
-		--allow-loopback --min-image-size 16 --image-size 64 --timeout 2 --retries 0
+		--allow-loopback --min-image-size 16 --image-size 64 --timeout 2 --retries 0 --samples-per-shard 500
 
 # MNIST digits (28 px, white on black) are so alike that pHash at the default 8 bits, calibrated on
 # CIFAR-10 photos, pairs ~1,500 distinct training digits with some eval digit; the planted copies are at
@@ -134,7 +134,7 @@ shards/demo/manifest.json: $(DEMO)/balanced/manifest.json
 $(DEMO)/dedup/manifest.json: shards/demo/manifest.json
 	@echo "== 4. remove near-duplicates of the held-out eval digits (threshold 2 bits for 28 px digits)"
 	$(PY) -m pipeline.dedup --shards shards/demo --eval mnist=$(DEMO)/world/eval/mnist --out $(DEMO)/dedup \
-		--out-shards shards/demo-dedup --threshold 2
+		--out-shards shards/demo-dedup --threshold 2 --samples-per-shard 500
 
 reports/demo/stats/stats.json: shards/demo/manifest.json
 	@echo "== 5a. shard statistics of the downloaded shards"
