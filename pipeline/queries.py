@@ -32,7 +32,6 @@ import math
 import re
 import sys
 import time
-import zlib
 from collections import Counter
 from typing import Iterable, Iterator
 
@@ -41,6 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from pipeline import beamrun, manifest, wikidump, wikitext
+from pipeline.beamio import bucket_of  # stable across processes, unlike hash()
 from pipeline.records import QUERY_LIST_HEADER
 from pipeline.text import is_query_token, normalize_entry, tokenize
 
@@ -127,10 +127,6 @@ def parse_pageview_line(line: str) -> tuple[str, int] | None:
     if not views.strip().isdigit():
         raise ValueError(f"not a view count: {views!r}")
     return title.replace("_", " "), int(views)
-
-
-def bucket_of(word: str, buckets: int) -> int:
-    return zlib.crc32(word.encode("utf-8")) % buckets  # stable across processes, unlike hash()
 
 
 def split_counts(unigrams: Counter, bigrams: Counter, buckets: int) -> Iterator[tuple[str, int, dict]]:
