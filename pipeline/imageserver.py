@@ -159,7 +159,7 @@ class ImageServer:
         finally:
             self._httpd.routes = saved
 
-    def __enter__(self) -> ImageServer:  # noqa: PYI034 -- typing.Self needs 3.11; we support 3.10
+    def __enter__(self) -> ImageServer:
         self._thread.start()
         return self
 
