@@ -20,15 +20,16 @@ from pathlib import Path
 
 from PIL import Image
 
+# The same held-out rows (every fifth) and digit words as the full-pipeline demo (pipeline/demo.py), so a
+# model trained here and one trained by `make demo` are evaluated on the same 1,000 digits.
+from pipeline.demo import HOLD_OUT_EVERY, WORDS
 from pipeline.evalsets import iter_eval_images, open_eval_set
 from train.synthetic import write_tar
 
 log = logging.getLogger(__name__)
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PHRASINGS = ("a photo of the number {n}.", "a handwritten {n}", "the digit {n}, handwritten", "{w} written by hand",
              "a photo of a {n}.", "number {n} in white ink on black", "handwritten digit {w} ({n})")
-HOLD_OUT_EVERY = 5   # rows 0, 5, 10, ... form the eval set: 1,000 of 5,000, 100 per digit (the CSV is sorted by label)
 
 
 def caption(label: int, rng: random.Random) -> str:
