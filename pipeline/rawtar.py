@@ -1,11 +1,12 @@
 """Fast reading and byte-for-byte copying of WebDataset shard members, for `dedup` (stage 5).
 
 Python's tarfile parses and rebuilds every 512-byte header in Python (~60 us a member, measured with
-cProfile on 256 px JPEG shards: more than hashing the image). img2dataset's shards hold plain ustar
-members (short uid names, regular files), so this module reads a header with a few slices, checks its
-checksum, and keeps the header's bytes to write them back unchanged. Anything else (pax or GNU long-name
-headers, base-256 sizes, links) makes `iter_members` re-read the whole stream with tarfile, so every valid tar
-is handled; only the common case is fast.
+cProfile on 256 px JPEG shards: more than hashing the image). img2dataset's shards hold regular files with
+short uid names, each preceded by a per-file PAX header that carries only its mtime; so this module reads a
+ustar header with a few slices, checks its checksum, applies a PAX header's `path` and `size` records, and
+keeps all the header bytes to write them back unchanged. Anything else (global PAX or GNU long-name headers,
+base-256 sizes, links) makes `iter_members` re-read the whole stream with tarfile, so every valid tar is
+handled; only the common cases are fast.
 
 Errors are tarfile's: `tarfile.ReadError` for a bad checksum, data cut short, or a stream without the
 end-of-archive blocks (a tar truncated exactly at a member boundary reads cleanly otherwise).
@@ -13,7 +14,6 @@ end-of-archive blocks (a tar truncated exactly at a member boundary reads cleanl
 
 from __future__ import annotations
 
-import os
 import tarfile
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
@@ -21,6 +21,7 @@ from typing import BinaryIO, NamedTuple
 BLOCK = tarfile.BLOCKSIZE            # 512
 RECORD = tarfile.RECORDSIZE          # 10240: tarfile pads archives to a whole record
 REGULAR = (b"0", b"\0")              # typeflags of a plain file
+PAX = b"x"                           # per-file extended header: records for the member that follows
 USTAR_MAGIC = b"ustar\x00"           # POSIX ustar (has a name prefix field); GNU writes b"ustar  \x00"
 
 
@@ -34,8 +35,11 @@ class NeedsTarfile(Exception):
     """A header this module does not parse itself; the caller reads the stream with tarfile instead."""
 
 
-def parse_header(header: bytes) -> tuple[str, int, bool]:
-    """(name, size, is_regular_file) of a ustar header block; ReadError on a bad checksum, NeedsTarfile if unusual."""
+def parse_header(header: bytes, pax: bool = False) -> tuple[str, int, bool]:
+    """(name, size, is_regular_file) of a ustar header block; ReadError on a bad checksum, NeedsTarfile if unusual.
+
+    `pax=True` also accepts a per-file PAX header block (its size is that of its records).
+    """
     stored = header[148:156].strip(b" \0")
     try:
         checksum = int(stored or b"0", 8)
@@ -44,13 +48,28 @@ def parse_header(header: bytes) -> tuple[str, int, bool]:
     if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
         raise tarfile.ReadError("bad checksum")
     typeflag = header[156:157]
-    if typeflag not in REGULAR and typeflag != b"5" or header[124] & 0x80:
+    if typeflag not in REGULAR and typeflag != b"5" and not (pax and typeflag == PAX) or header[124] & 0x80:
         raise NeedsTarfile(f"typeflag {typeflag!r}")
     name = header[:100].split(b"\0", 1)[0]
     if header[257:263] == USTAR_MAGIC and header[345] != 0:
         name = header[345:500].split(b"\0", 1)[0] + b"/" + name
     size = int(header[124:136].strip(b" \0") or b"0", 8)
     return name.decode("utf-8", "surrogateescape"), size, typeflag in REGULAR
+
+
+def parse_pax_records(data: bytes) -> dict[str, str]:
+    """The 'LEN key=value\\n' records of a PAX extended header (POSIX.1-2001); ReadError if malformed."""
+    records, pos = {}, 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        length, space, _ = data[pos:pos + 21].partition(b" ")
+        if not space or not length.isdigit() or int(length) < 5 or data[pos + int(length) - 1:pos + int(length)] != b"\n":
+            raise tarfile.ReadError("malformed pax header")
+        key, eq, value = data[pos + len(length) + 1:pos + int(length) - 1].partition(b"=")
+        if not eq:
+            raise tarfile.ReadError("malformed pax header")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += int(length)
+    return records
 
 
 def _read_exactly(f: BinaryIO, n: int) -> bytes:
@@ -60,16 +79,32 @@ def _read_exactly(f: BinaryIO, n: int) -> bytes:
     return data
 
 
+def _read_header(f: BinaryIO) -> bytes | None:
+    header = f.read(BLOCK)
+    if not header:
+        raise tarfile.ReadError("no end-of-archive marker (truncated at a member boundary)")
+    if len(header) != BLOCK:
+        raise tarfile.ReadError("unexpected end of data")
+    return None if header == bytes(BLOCK) else header
+
+
 def iter_fast(f: BinaryIO) -> Iterator[Member]:
-    while True:
-        header = f.read(BLOCK)
-        if not header:
-            raise tarfile.ReadError("no end-of-archive marker (truncated at a member boundary)")
-        if len(header) != BLOCK:
-            raise tarfile.ReadError("unexpected end of data")
-        if header == bytes(BLOCK):
-            return
-        name, size, regular = parse_header(header)
+    while (header := _read_header(f)) is not None:
+        name, size, regular = parse_header(header, pax=True)
+        records = {}
+        if header[156:157] == PAX:  # its records, then the member's own ustar header
+            pax_data = _read_exactly(f, size + -size % BLOCK)
+            records = parse_pax_records(pax_data[:size])
+            if (member_header := _read_header(f)) is None:
+                raise tarfile.ReadError("pax header before the end-of-archive marker")
+            name, size, regular = parse_header(member_header)
+            header += pax_data + member_header
+        if "path" in records:
+            name = records["path"]
+        if "size" in records:
+            if not records["size"].isdigit():
+                raise tarfile.ReadError("malformed pax size")
+            size = int(records["size"])
         data = _read_exactly(f, size)
         _read_exactly(f, -size % BLOCK)
         if regular:
@@ -102,11 +137,18 @@ def iter_members(f: BinaryIO) -> Iterator[Member]:
                 yield member
 
 
+def sample_key(member_name: str) -> tuple[str, str]:
+    """('dir/key', 'ext') of a member name, webdataset's convention: the extension starts at the first dot."""
+    directory, _, base = member_name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{directory}/{key}" if directory else key), ext.lower()
+
+
 def group_by_key(members: Iterator[Member]) -> Iterator[tuple[str, list[Member]]]:
-    """(key, members) per sample: webdataset's key is the path up to the first dot of the file name."""
+    """(key, members) per sample: consecutive members with the same `sample_key`."""
     key, group = None, []
     for m in members:
-        member_key = os.path.join(os.path.dirname(m.name), os.path.basename(m.name).partition(".")[0])
+        member_key = sample_key(m.name)[0]
         if member_key != key and key is not None:
             yield key, group
             group = []
@@ -117,7 +159,7 @@ def group_by_key(members: Iterator[Member]) -> Iterator[tuple[str, list[Member]]
 
 
 def extension(member: Member) -> str:
-    return os.path.basename(member.name).partition(".")[2].lower()
+    return sample_key(member.name)[1]
 
 
 class TarWriter:

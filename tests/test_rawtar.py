@@ -56,3 +56,37 @@ def test_damage_is_a_read_error(damage, message):
     data = damage(tar_bytes(FILES[:5]))
     with pytest.raises(tarfile.ReadError, match=message):
         list(rawtar.iter_members(io.BytesIO(data)))
+
+
+def test_pax_headers_are_read_by_the_fast_path_and_copied_unchanged():
+    # img2dataset writes a per-file PAX header (mtime only); long names come as a PAX 'path' record
+    original = tar_bytes(FILES, tarfile.PAX_FORMAT)
+    members = list(rawtar.iter_fast(io.BytesIO(original)))   # raises NeedsTarfile if it had to fall back
+    assert [(m.name, m.data) for m in members] == FILES
+    assert all(m.header[156:157] == b"x" for m in members if len(m.name) > 100)
+    out = io.BytesIO()
+    writer = rawtar.TarWriter(out)
+    for m in members:
+        writer.add(m)
+    writer.close()
+    assert out.getvalue() == original
+
+
+def test_pax_records_parse_and_reject_damage():
+    assert rawtar.parse_pax_records(b"27 mtime=1795422796.594658\n12 path=a.b\n\0\0") == {
+        "mtime": "1795422796.594658", "path": "a.b"}
+    for bad in (b"99 path=a\n", b"x path=a\n", b"11 patha.b\n"):
+        with pytest.raises(tarfile.ReadError, match="malformed pax"):
+            rawtar.parse_pax_records(bad)
+
+
+def test_global_pax_header_falls_back_to_tarfile():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x"}) as tar:
+        for name, data in FILES[:2]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(rawtar.NeedsTarfile):
+        list(rawtar.iter_fast(io.BytesIO(buf.getvalue())))
+    assert [(m.name, m.data) for m in rawtar.iter_members(io.BytesIO(buf.getvalue()))] == FILES[:2]

@@ -10,7 +10,7 @@ import webdataset as wds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import stats
+from pipeline import rawtar, stats
 from pipeline.imageserver import make_jpeg
 
 QUERIES = ["cat", "dog", "tree", "unused"]
@@ -129,5 +129,5 @@ def test_a_tar_cut_at_a_member_boundary_is_corrupt(tmp_path):
 
 
 def test_sample_key_follows_webdataset():
-    assert stats.sample_key("abc.jpg") == ("abc", "jpg")
-    assert stats.sample_key("dir/abc.seg.json") == ("dir/abc", "seg.json")
+    assert rawtar.sample_key("abc.jpg") == ("abc", "jpg")
+    assert rawtar.sample_key("dir/abc.seg.json") == ("dir/abc", "seg.json")
