@@ -1,44 +1,67 @@
 """Stage 5 (`make dedup`): remove near-duplicates of evaluation images from the training shards.
 
 CLIP (Radford et al. 2021, section 5 and appendix C) found that web data holds copies of eval images; this
-stage finds them by perceptual hash and drops them before training. Two steps, as datatrove's
-decontamination: (1) index the eval side, (2) filter the shards against that index.
+stage finds them by perceptual hash (and, optionally, by the cosine of an image encoder of ours) and drops
+them before training. Two steps, as datatrove's decontamination: (1) index the eval side, (2) filter the
+shards against that index.
 
 In:  shards in img2dataset's WebDataset layout (`--shards`: a folder, glob or brace pattern of `.tar`),
      eval sets (`--eval NAME=PATH`, several; layouts in `pipeline/evalsets.py`).
-Out (`--out`, e.g. work/dedup): `decisions.parquet` (one row per training sample x eval image pair within
-     the threshold: uid, key, shard, eval_set, eval_image_id, eval_label, distance, match = exact|near,
-     same_bytes, nearest = this is the sample's closest image of that eval set), `dropped.parquet` (every
-     dropped sample with its reason), `manifest.json` (samples dropped per eval set and their uids, eval
-     images hashed/unreadable, shard read errors), `cache/` (hashes, see `pipeline/phash.py`).
+Out (`--out`, e.g. work/dedup): `decisions.parquet` (one row per training sample x eval image pair found:
+     uid, key, shard, eval_set, eval_image_id, eval_label, distance (Hamming, the smaller of the plain and the
+     frame-trimmed hash's, filled for every pair), match = exact|near, same_bytes, nearest = this is the
+     sample's closest image of that eval set, signal = phash|embedding|both (which test the pair passed),
+     cosine (null without the embedding signal), trimmed = the distance is the frame-trimmed hash's),
+     `dropped.parquet` (every dropped sample with its reason), `manifest.json` (samples dropped per eval set
+     and their uids, per signal, eval images hashed/unreadable, shard read errors, the checkpoint's sha256),
+     `cache/` (hashes, see `pipeline/phash.py`; embeddings, see `pipeline/embed.py`).
      `--out-shards`: the kept samples, resharded to `--samples-per-shard`, members copied byte for byte
      (`.jpg .txt .json` unchanged), plus per shard `NNNNN.parquet` (key, uid, url, caption, source_shard)
      and `NNNNN_stats.json` (count/successes, which the trainer reads).
-Decision: a sample is dropped as `eval_duplicate` when its 64-bit pHash is within `--threshold` bits
-     (Hamming) of any eval image's; as `unreadable_image`/`decompression_bomb`/`missing_image` when it has no
-     decodable image (it cannot be checked, and the trainer could not use it anyway). Everything else is kept.
+Decision: a sample is dropped as `eval_duplicate` when its 64-bit pHash, or the pHash of the picture inside
+     its uniform frame if it has one (`phash.trimmed_phash`; off with `--no-border-hash`), is within
+     `--threshold` bits (Hamming) of any eval image's pHash, or, with `--embed-checkpoint`, when its embedding
+     has cosine >= `--embed-threshold` with any eval image's; as `unreadable_image`/`decompression_bomb`/
+     `missing_image` when it has no decodable image (it cannot be checked, and the trainer could not use it
+     anyway). Everything else is kept. Without `--embed-checkpoint` nothing about the embedding runs (torch is
+     not even imported) and the decisions are the pHash ones.
 Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test [--eval ...] \\
-         --out work/dedup --out-shards shards/NAME-dedup [--threshold 8] [--workers N]
+         --out work/dedup --out-shards shards/NAME-dedup [--threshold 8] [--workers N] [--no-border-hash] \\
+         [--embed-checkpoint runs/NAME/ckpt_latest.pt [--embed-threshold COS] [--embed-device cpu|cuda]]
 
 Threshold (DEFAULT_THRESHOLD = 8 bits of 64), chosen from `bench/bench_dedup.py --data ../shared/data`
 (BENCHMARKS.md, section dedup): 5,000 CIFAR-10 test images indexed; per web-style transform, 1,000 of them
 transformed as positives and 1,000 other CIFAR-10 test images (same classes and look: hard negatives)
 transformed the same way as negatives. Rule: the best recall on resize+recompress at precision >= 0.99, ties
-broken by recall on all transforms. Measured (precision / recall, resize+recompress pooled): t=2 1.000 / 0.998,
-t=4 1.000 / 1.000, t=6 0.997 / 1.000, t=8 0.997 / 1.000, t=10 0.990 / 1.000, t=12 0.946 / 1.000; all eight
-transforms pooled: t=4 0.678 recall, t=6 0.756, t=8 0.813, t=10 0.849 (precision 0.985). So 8 keeps
-precision 0.997 and catches most colour shifts (recall 0.999) and crops of 6% (0.835) as well. The false
-positives (0.3% of negatives at 6 to 8 bits) are mostly real: of the 30 closest pairs inside CIFAR-10's test
-set, about 19 are the same photo (cf. Barz & Denzler 2020, "Do we train on test data?"). Borders and text
-overlays move a pHash far more (recall 0.01 and 0.66 at 8): pHash finds resized, recompressed and lightly
-edited copies, not framed ones. Distances are nearly always even (a pHash has 32 bits set unless
-coefficients tie with the median), so 8 and 9 behave alike. The optional embedding-similarity second signal
-is not implemented (no flag).
+broken by recall on all transforms. Measured with the frame-trimmed hash (precision / recall, resize+recompress
+pooled): t=2 1.000 / 0.998, t=4 1.000 / 1.000, t=6 0.997 / 1.000, t=8 0.997 / 1.000, t=10 0.989 / 1.000,
+t=12 0.943 / 1.000; all eight transforms pooled: t=6 0.998 / 0.869, t=8 0.997 / 0.932, t=10 0.988 / 0.968.
+So 8 keeps precision 0.997 and catches colour shifts (recall 0.999), crops of 6% (0.835) and 10% borders
+(0.968) as well. The false positives (0.3% of negatives at 6 to 8 bits) are mostly real: of the 30 closest
+pairs inside CIFAR-10's test set, about 19 are the same photo (cf. Barz & Denzler 2020, "Do we train on test
+data?"). Text overlays move a pHash further (recall 0.66 at 8). Distances are nearly always even (a pHash has
+32 bits set unless coefficients tie with the median), so 8 and 9 behave alike.
+Frame-trimmed hash (kept because it helps, same run): border_10pct recall at 8 bits 0.012 -> 0.968 and its
+precision 0.750 -> 0.995; resize+recompress precision 0.997 -> 0.997, every other transform unchanged; it
+costs ~70 us per image (hashing 3,097 -> 2,534 img/s per core). On MNIST digits (a frame on 70% of them) it
+added 0 matches at 2 bits and 1 of 4,000 at 8 (mnist_5k: 4,000 digits against 1,000).
 
-Search: faiss `IndexBinaryMultiHash` (3 x 21-bit sub-hashes, `nflip = threshold // 3`: by pigeonhole one
-sub-hash differs in at most that many bits, so recall is exact) for thresholds up to 8, `IndexBinaryFlat`
-above; range search with radius threshold + 1 (faiss returns distances strictly below the radius).
-Hashing runs on worker processes (see `pipeline/phash.py` for why not Beam); the search and the shard
+Embedding threshold (DEFAULT_EMBED_THRESHOLD = 0.998, same bench and rule, applied to what the stage drops:
+pHash at 8 bits OR cosine >= t), for the bench's encoder: our tiny CLIP (train/configs/tiny.json) trained for
+200 CPU steps on the 4,000 remaining CIFAR-10 test images captioned "a photo of a {class}.". At 0.998:
+resize+recompress 0.990 / 1.000, all transforms 0.991 / 0.938 (pHash alone 0.997 / 0.932); crop_6pct recall
+0.835 -> 0.860, text_overlay 0.659 -> 0.672, border_10pct 0.968 -> 0.969. Alone, that encoder is a poor
+near-duplicate detector: class-level captions teach it classes, not instances, so every CIFAR image is within
+cosine 0.98-0.998 of many others (embedding alone at 0.998: crops 0.953 / 0.223, borders 0.001 recall). The
+cosine scale belongs to the encoder: calibrate the threshold for your checkpoint with
+`python -m bench.bench_dedup --data ../shared/data --embed-checkpoint PATH` (a checkpoint that has not seen
+the eval images).
+
+Search: multi-index hashing in numpy (`pipeline/mih.py`: 21 + 21 + 22-bit pieces probed with up to
+threshold // 3 flipped bits; by pigeonhole exact) for thresholds up to 8, faiss `IndexBinaryFlat` above (range
+search with radius threshold + 1: faiss returns distances strictly below the radius). The shard side queries
+its plain hashes and, for framed images, its trimmed hashes in one batch. Embeddings: faiss `IndexFlatIP`
+(exact) over the eval features, see `pipeline/embed.py`. Hashing runs on worker processes (see `pipeline/phash.py` for why not Beam); the search and the shard
 rewrite run in this process, shard by shard, so memory holds one shard's hashes, not the dataset's. Shards
 are read and rewritten with `pipeline/rawtar.py` (member headers copied unchanged, no tarfile rebuild).
 A corrupt or truncated shard contributes the samples read before the damage and is listed under
@@ -65,7 +88,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import phash, rawtar
+from pipeline import embed, mih, phash, rawtar
 from pipeline.evalsets import EvalSet, EvalSetError, open_eval_set, parse_eval_spec
 from pipeline.manifest import file_info, write_json_atomic, write_manifest
 
@@ -73,15 +96,17 @@ log = logging.getLogger(__name__)
 
 STAGE = "dedup"
 DEFAULT_THRESHOLD = 8          # bits of 64; measured in bench/bench_dedup.py (see the module docstring)
+DEFAULT_EMBED_THRESHOLD = 0.998  # cosine; measured in bench/bench_dedup.py for its tiny encoder (module docstring)
 SAMPLES_PER_SHARD = 10_000     # img2dataset's default number_sample_per_shard
-MULTIHASH_NHASH, MULTIHASH_BITS = 3, 21   # DESIGN.md: 3 x 21 bits, ~5,700 q/s per core, exact with nflip
 EVAL_DUPLICATE = "eval_duplicate"
+PHASH, EMBEDDING, BOTH = "phash", "embedding", "both"   # which signal found a pair (decisions.signal)
 SHARD_FILE = re.compile(r"^\d{5}(\.tar|\.parquet|_stats\.json)$")
 
 DECISION_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
                              ("eval_set", pa.string()), ("eval_image_id", pa.string()), ("eval_label", pa.int64()),
                              ("distance", pa.int32()), ("match", pa.string()), ("same_bytes", pa.bool_()),
-                             ("nearest", pa.bool_())])
+                             ("nearest", pa.bool_()), ("signal", pa.string()), ("cosine", pa.float32()),
+                             ("trimmed", pa.bool_())])
 DROPPED_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
                             ("reason", pa.string())])
 OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url", pa.string()),
@@ -92,27 +117,32 @@ OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url"
 
 @dataclasses.dataclass(frozen=True)
 class EvalIndex:
-    """Every hashed eval image of every set, in one faiss index; row i of the index is entry i here."""
-    index: faiss.IndexBinary
+    """Every hashed eval image of every set, in one faiss index; row i of the index is entry i here.
+    With the embedding signal on, `features` holds row i's unit feature and `cosine_index` searches them."""
+    index: mih.MultiIndexHash | faiss.IndexBinary
     eval_set: list[str]
     image_id: list[str]
     label: list[int]
     sha256: list[str]
+    hashes: np.ndarray
+    features: np.ndarray | None = None
+    cosine_index: faiss.IndexFlatIP | None = None
 
 
-def build_binary_index(hashes: np.ndarray, threshold: int) -> faiss.IndexBinary:
-    """A faiss index over uint64 hashes that range-searches radius `threshold` with exact recall."""
-    if threshold // MULTIHASH_NHASH <= 2:
-        index = faiss.IndexBinaryMultiHash(64, MULTIHASH_NHASH, MULTIHASH_BITS)
-        index.nflip = threshold // MULTIHASH_NHASH
-    else:  # more flips cost more than a linear scan of the (small) eval side
-        index = faiss.IndexBinaryFlat(64)
+def build_binary_index(hashes: np.ndarray, threshold: int) -> mih.MultiIndexHash | faiss.IndexBinary:
+    """An index over uint64 hashes that range-searches radius `threshold` with exact recall: multi-index hashing
+    (pipeline/mih.py) up to 8 bits, faiss' linear scan above (more flips cost more than scanning the eval side)."""
+    if threshold <= mih.MAX_RADIUS:
+        return mih.MultiIndexHash(hashes, threshold)
+    index = faiss.IndexBinaryFlat(64)
     index.add(phash.to_binary_codes(hashes))
     return index
 
 
-def build_eval_index(tables: dict[str, pa.Table], threshold: int) -> EvalIndex:
-    """One index over the hashed images of all eval sets (unreadable eval images are left out and counted)."""
+def build_eval_index(tables: dict[str, pa.Table], threshold: int,
+                     features: dict[str, dict[str, np.ndarray]] | None = None, dim: int = 0) -> EvalIndex:
+    """One index over the hashed images of all eval sets (unreadable eval images are left out and counted);
+    with `features` ({set: {image_id: unit feature}}), a cosine index over the same rows as well."""
     cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": [], "phash": []}
     for name, table in tables.items():
         ok = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
@@ -120,14 +150,22 @@ def build_eval_index(tables: dict[str, pa.Table], threshold: int) -> EvalIndex:
         for c in ("image_id", "label", "sha256", "phash"):
             cols[c] += ok[c]
     hashes = np.array(cols.pop("phash"), dtype=np.uint64)
-    return EvalIndex(index=build_binary_index(hashes, threshold), **cols)
+    embedded = {}
+    if features is not None:
+        rows = np.concatenate([embed.stack([i for s, i in zip(cols["eval_set"], cols["image_id"]) if s == name],
+                                           features[name], dim) for name in tables])
+        embedded = {"features": rows, "cosine_index": embed.build_cosine_index(rows)}
+    return EvalIndex(index=build_binary_index(hashes, threshold), hashes=hashes, **cols, **embedded)
 
 
-def range_search(index: faiss.IndexBinary, hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
+def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarray,
+                 threshold: int) -> tuple[np.ndarray, ...]:
     """(query row, index row, distance) of every pair with Hamming distance <= threshold."""
     if len(hashes) == 0 or index.ntotal == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
+    if isinstance(index, mih.MultiIndexHash):
+        return index.range_search(hashes)
     lims, distances, ids = index.range_search(phash.to_binary_codes(hashes), threshold + 1)
     queries = np.repeat(np.arange(len(hashes)), np.diff(lims).astype(np.int64))
     return queries, ids.astype(np.int64), distances.astype(np.int64)
@@ -135,26 +173,64 @@ def range_search(index: faiss.IndexBinary, hashes: np.ndarray, threshold: int) -
 
 # ---- step 2: filter the shards -------------------------------------------------------------------------
 
-def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: int) -> list[dict]:
-    """Decision rows for one shard's hash table: each (sample, eval image) pair within the threshold."""
+def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: int, border_hash: bool = True,
+                features: dict[str, np.ndarray] | None = None, embed_threshold: float = 1.0) -> list[dict]:
+    """Decision rows for one shard's hash table: each (sample, eval image) pair within the pHash threshold (by the
+    sample's pHash or, with `border_hash`, by the pHash inside its uniform frame) or, when the eval index has
+    features and `features` (key -> unit feature) are given, at cosine >= embed_threshold.
+
+    Every row has the pair's Hamming distance, the smaller of the two hashes' (also for pairs only the embedding
+    found), `trimmed` when the frame-trimmed hash gave it, and with the embedding signal on the pair's cosine;
+    `signal` says which test(s) the pair passed.
+    """
     rows = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
     hashes = np.array(rows["phash"], dtype=np.uint64)
-    queries, hits, distances = range_search(eval_index.index, hashes, threshold)
+    framed = [i for i, t in enumerate(rows["phash_trimmed"]) if t is not None] if border_hash else []
+    trimmed = {i: int(rows["phash_trimmed"][i]) for i in framed}
+    queries, hits, _ = range_search(eval_index.index, np.concatenate(
+        [hashes, np.array([trimmed[i] for i in framed], dtype=np.uint64)]), threshold)
+    row_of = np.array(list(range(len(hashes))) + framed, dtype=np.int64)
+    by_phash = set(zip(row_of[queries].tolist(), hits.tolist()))
+    by_embedding: set[tuple[int, int]] = set()
+    vectors = None
+    if eval_index.cosine_index is not None and features is not None:
+        vectors = embed.stack(rows["key"], features, eval_index.features.shape[1])
+        by_embedding = set(zip(*(a.tolist() for a in embed.cosine_pairs(eval_index.cosine_index, vectors,
+                                                                        embed_threshold))))
     decisions = []
-    for q, h, d in zip(queries.tolist(), hits.tolist(), distances.tolist()):
+    for q, h in by_phash | by_embedding:
+        plain = phash.hamming(int(hashes[q]), int(eval_index.hashes[h]))
+        d = min(plain, phash.hamming(trimmed[q], int(eval_index.hashes[h]))) if q in trimmed else plain
         decisions.append({
             "uid": rows["uid"][q], "key": rows["key"][q], "shard": shard,
             "eval_set": eval_index.eval_set[h], "eval_image_id": eval_index.image_id[h],
             "eval_label": eval_index.label[h], "distance": d, "match": "exact" if d == 0 else "near",
-            "same_bytes": rows["sha256"][q] == eval_index.sha256[h]})
-    nearest: dict[tuple[str, str], int] = {}
-    for r in decisions:
-        k = (r["key"], r["eval_set"])
-        nearest[k] = min(nearest.get(k, r["distance"]), r["distance"])
-    for r in decisions:
-        r["nearest"] = r["distance"] == nearest[(r["key"], r["eval_set"])]
+            "same_bytes": rows["sha256"][q] == eval_index.sha256[h], "trimmed": d < plain,
+            "signal": BOTH if (q, h) in by_phash and (q, h) in by_embedding else PHASH if (q, h) in by_phash else EMBEDDING,
+            "cosine": None if vectors is None else round(float(vectors[q] @ eval_index.features[h]), 6)})
+    mark_nearest(decisions)
     decisions.sort(key=lambda r: (r["key"], r["eval_set"], r["distance"], r["eval_image_id"]))
     return decisions
+
+
+def mark_nearest(decisions: list[dict]) -> None:
+    """Set `nearest` on each sample's closest eval image(s) per set: the smallest Hamming distance among the pairs
+    pHash found (ties included, as before the embedding signal existed); for a sample only the embedding found,
+    the highest cosine."""
+    def rank(r: dict) -> tuple:
+        return (0, r["distance"]) if r["signal"] != EMBEDDING else (1, -r["cosine"])
+    best: dict[tuple[str, str], tuple] = {}
+    for r in decisions:
+        k = (r["key"], r["eval_set"])
+        best[k] = min(best.get(k, rank(r)), rank(r))
+    for r in decisions:
+        r["nearest"] = rank(r) == best[(r["key"], r["eval_set"])]
+
+
+def signal_of_sample(decisions: Iterable[dict]) -> str:
+    """phash, embedding or both: which signal(s) found at least one of a sample's pairs."""
+    signals = {s for d in decisions for s in ((PHASH, EMBEDDING) if d["signal"] == BOTH else (d["signal"],))}
+    return BOTH if len(signals) == 2 else signals.pop()
 
 
 def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
@@ -281,9 +357,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (1 = in-process)")
     p.add_argument("--no-draft", dest="draft", action="store_false",
                    help="decode JPEGs fully before hashing (~4x slower; the default decodes at 1/2-1/8 scale)")
+    p.add_argument("--no-border-hash", dest="border_hash", action="store_false",
+                   help="search only each shard image's pHash, not also the pHash inside its uniform frame")
+    p.add_argument("--embed-checkpoint", metavar="PATH",
+                   help="second signal: also drop samples whose image embedding (the image encoder of this "
+                        "train/train.py checkpoint) has cosine >= --embed-threshold with an eval image's (default: off)")
+    p.add_argument("--embed-threshold", type=float, default=DEFAULT_EMBED_THRESHOLD, metavar="COS",
+                   help=f"min cosine similarity of an embedding near-duplicate (default {DEFAULT_EMBED_THRESHOLD})")
+    p.add_argument("--embed-device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the encoder runs (default: cuda if available)")
     args = p.parse_args(argv)
     if not 0 <= args.threshold <= 32:
         p.error("--threshold must be between 0 and 32 bits")
+    if not -1.0 <= args.embed_threshold <= 1.0:
+        p.error("--embed-threshold must be a cosine between -1 and 1")
     if args.samples_per_shard < 1:
         p.error("--samples-per-shard must be >= 1")
     return args
@@ -319,11 +406,16 @@ def run(argv: list[str] | None = None) -> dict:
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
                 raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
+        encoder = embed.load_encoder(args.embed_checkpoint, args.embed_device) if args.embed_checkpoint else None
         clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
-    except EvalSetError as e:
+    except (EvalSetError, embed.CheckpointError) as e:
         raise SystemExit(f"dedup: {e}") from None
-    eval_index = build_eval_index(eval_tables, args.threshold)
-    log.info("indexed %d eval images from %d set(s)", eval_index.index.ntotal, len(eval_sets))
+    eval_features = None
+    if encoder is not None:
+        eval_features = {s.name: embed.eval_features(s, encoder, cache) for s in eval_sets}
+    eval_index = build_eval_index(eval_tables, args.threshold, eval_features, encoder.dim if encoder else 0)
+    log.info("indexed %d eval images from %d set(s)%s", eval_index.index.ntotal, len(eval_sets),
+             f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
 
     decisions, dropped, shard_errors = [], [], {}
     rejected: collections.Counter = collections.Counter()
@@ -334,7 +426,9 @@ def run(argv: list[str] | None = None) -> dict:
     for shard, (table, error) in zip(shards, hashed):
         if error:
             shard_errors[shard] = error
-        shard_decisions = match_shard(table, shard, eval_index, args.threshold)
+        features = embed.shard_features(shard, encoder, cache) if encoder is not None else None
+        shard_decisions = match_shard(table, shard, eval_index, args.threshold, args.border_hash, features,
+                                      args.embed_threshold)
         reasons = drop_reasons(table, shard_decisions)
         uids = dict(zip(table["key"].to_pylist(), table["uid"].to_pylist()))
         decisions += shard_decisions
@@ -347,20 +441,31 @@ def run(argv: list[str] | None = None) -> dict:
     out_shards = writer.finish()
     kept = sum(s["samples"] for s in out_shards)
 
+    by_sample = collections.defaultdict(list)
+    for d in decisions:
+        by_sample[(d["shard"], d["key"])].append(d)
+    per_signal = collections.Counter(signal_of_sample(ds) for ds in by_sample.values())
+    embedding_settings = {"embed_checkpoint": None}
+    if encoder is not None:
+        embedding_settings = {"embed_checkpoint": encoder.path, "embed_checkpoint_sha256": encoder.sha256,
+                              "embed_threshold": args.embed_threshold, "embed_image_size": encoder.image_size,
+                              "embed_dim": encoder.dim, "embed_version": embed.EMBED_VERSION}
     os.makedirs(args.out, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(decisions, schema=DECISION_SCHEMA), os.path.join(args.out, "decisions.parquet"))
     pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), os.path.join(args.out, "dropped.parquet"))
     return write_manifest(
         args.out, stage=STAGE,
-        settings={"threshold": args.threshold, "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
+        settings={"threshold": args.threshold, "border_hash": args.border_hash, "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
                   "hash": f"imagehash.phash 64-bit v{phash.HASH_VERSION}", "samples_per_shard": args.samples_per_shard,
-                  "workers": args.workers, "index": type(eval_index.index).__name__, "out_shards": args.out_shards},
+                  "workers": args.workers, "index": type(eval_index.index).__name__, "out_shards": args.out_shards,
+                  **embedding_settings},
         inputs=[file_info(s, checksum=False) for s in shards] +
                [{"eval_set": s.name, "path": s.path, "layout": s.layout} for s in eval_sets],
         counters={"read": read, "kept": kept, "rejected": dict(sorted(rejected.items()))},
         wall_time_s=time.time() - started,
         extra={"eval_sets": eval_summary(eval_sets, eval_tables, decisions),
                "dropped_per_eval_set": dropped_per_set(eval_sets, decisions),
+               "dropped_per_signal": {k: per_signal[k] for k in (PHASH, EMBEDDING, BOTH)},
                "shard_errors": shard_errors, "out_shards": out_shards})
 
 

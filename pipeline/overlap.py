@@ -16,7 +16,8 @@ Run: python -m pipeline.overlap --dedup work/dedup [--eval NAME=PATH ...] [--pre
          --out reports/overlap [--examples 3]
 
 Overlap = the eval images that are the nearest match (smallest distance, ties included) of at least one
-training sample within the dedup threshold. A training sample within the threshold of several eval images
+training sample within the dedup threshold (`nearest` in the decisions; for a sample that only the optional
+embedding signal found, its highest-cosine eval image). A training sample within the threshold of several eval images
 is dropped by `dedup` either way, but counts as a copy of its closest one only: on low-detail sets (MNIST
 digits are near each other in pHash space) counting every eval image within the threshold would report
 dozens of "overlapping" eval images for one copied digit (measured on mnist_5k: 5 planted copies, 94 eval
@@ -171,6 +172,14 @@ def write_example(path: str, eval_image: bytes, train_image: bytes, title_eval: 
     plt.close(fig)
 
 
+def match_note(decision: dict) -> str:
+    """'distance 4', or with the embedding signal 'distance 22, cosine 0.981, by embedding'."""
+    note = f"distance {decision['distance']}"
+    if decision.get("cosine") is not None:
+        note += f", cosine {decision['cosine']:.3f}, by {decision['signal']}"
+    return note
+
+
 def write_examples(out: str, eval_set: EvalSet, decisions: list[dict], n: int) -> list[str]:
     """PNG pairs for the n overlapping eval images with the closest training matches."""
     best: dict[str, dict] = {}
@@ -187,7 +196,7 @@ def write_examples(out: str, eval_set: EvalSet, decisions: list[dict], n: int) -
             continue  # the shard changed since dedup ran: no example, the counts stand
         path = os.path.join("examples", f"{eval_set.name}-{k}.png")
         write_example(os.path.join(out, path), images[d["eval_image_id"]], train_image,
-                      f"eval {eval_set.name}: {d['eval_image_id']}", f"training {d['uid'][:12]} (distance {d['distance']})",
+                      f"eval {eval_set.name}: {d['eval_image_id']}", f"training {d['uid'][:12]} ({match_note(d)})",
                       caption)
         paths.append(path)
     return paths
@@ -231,10 +240,16 @@ def signed_points(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.2f}"
 
 
+def embedding_note(report: dict) -> str:
+    if report.get("embed_threshold") is None:
+        return ""
+    return f", or cosine >= {report['embed_threshold']} of the image encoder of {report['embed_checkpoint']}"
+
+
 def render_markdown(report: dict) -> str:
     s = report["summary"]
     lines = ["# Train/eval overlap (CLIP section 5 method)", "",
-             (f"Threshold: {report['threshold']} bits of a 64-bit pHash. Sets: {s['sets']}; "
+             (f"Threshold: {report['threshold']} bits of a 64-bit pHash{embedding_note(report)}. Sets: {s['sets']}; "
               f"median overlap {s['median_overlap_pct']:.2f}%, mean {s['mean_overlap_pct']:.2f}%; "
               f"sets with zero overlap: {', '.join(s['zero_overlap_sets']) or 'none'}."), "",
              "| eval set | images | overlap images | overlap % | training samples matched |", "|---|---:|---:|---:|---:|"]
@@ -321,6 +336,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     report = build_report(eval_sets, ids, decisions, predictions)
     report["threshold"] = dedup_manifest["settings"]["threshold"]
+    report["embed_threshold"] = dedup_manifest["settings"].get("embed_threshold")
+    report["embed_checkpoint"] = dedup_manifest["settings"].get("embed_checkpoint")
     report["dedup"] = args.dedup
     report["predictions"] = args.predictions
     os.makedirs(args.out, exist_ok=True)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from pipeline import dedup, phash
+from pipeline import dedup, embed, mih, overlap, phash
 from tests.evalfixtures import (
+    EVAL_SEEDS,
     PLANTED,
     jpeg_bytes,
     make_planted,
     pattern_image,
     web_copy,
+    write_shard,
 )
 
 # ---- pure pieces ----------------------------------------------------------------------------------------
@@ -79,6 +83,20 @@ def test_range_search_equals_brute_force(db, queries, threshold):
     expected = {(i, j, phash.hamming(x, y)) for i, x in enumerate(queries) for j, y in enumerate(db)
                 if phash.hamming(x, y) <= threshold}
     assert found == expected
+
+
+@pytest.mark.parametrize("radius", [0, 2, 5, 8])
+def test_multi_index_hash_equals_brute_force_on_many_hashes(radius):
+    rng = np.random.default_rng(radius)
+    db = rng.integers(0, 2**63, 20_000, dtype=np.uint64) * 2 + rng.integers(0, 2, 20_000, dtype=np.uint64)
+    flips = [rng.choice(64, int(rng.integers(0, 11)), replace=False) for _ in range(300)]
+    near = np.array([int(h) ^ sum(1 << int(b) for b in f) for h, f in zip(db[:300], flips)], dtype=np.uint64)
+    queries = np.concatenate([near, db[300:310], rng.integers(0, 2**63, 50, dtype=np.uint64)])
+    q, ids, d = mih.MultiIndexHash(db, radius).range_search(queries)
+    brute = np.bitwise_count(queries[:, None] ^ db[None, :])
+    assert set(zip(q.tolist(), ids.tolist(), d.tolist())) == {(i, j, int(brute[i, j])) for i, j in zip(*np.nonzero(brute <= radius))}
+    with pytest.raises(ValueError, match="radius 9"):
+        mih.MultiIndexHash(db, mih.MAX_RADIUS + 1)
 
 
 @settings(max_examples=30, deadline=None)
@@ -222,8 +240,9 @@ def test_nearest_marks_each_samples_closest_eval_image(planted):
     shard_dir = planted[2]
     table, _ = phash.hash_shard(str(shard_dir / "00000.tar"))
     hashes = [h for h in table["phash"].to_pylist() if h is not None]
-    eval_index = dedup.EvalIndex(index=dedup.build_binary_index(np.array([hashes[0], hashes[0] ^ 0b11], dtype=np.uint64), 8),
-                                 eval_set=["e", "e"], image_id=["same", "two_bits_off"], label=[0, 0], sha256=["", ""])
+    eval_hashes = np.array([hashes[0], hashes[0] ^ 0b11], dtype=np.uint64)
+    eval_index = dedup.EvalIndex(index=dedup.build_binary_index(eval_hashes, 8), eval_set=["e", "e"],
+                                 image_id=["same", "two_bits_off"], label=[0, 0], sha256=["", ""], hashes=eval_hashes)
     rows = [d for d in dedup.match_shard(table, "s", eval_index, 8) if d["key"] == table["key"][0].as_py()]
     assert {(d["eval_image_id"], d["distance"], d["nearest"]) for d in rows} == {("same", 0, True), ("two_bits_off", 2, False)}
 
@@ -243,3 +262,188 @@ def test_unreadable_eval_images_are_counted(planted):
     summary = manifest["eval_sets"]["pets"]
     assert (summary["images"], summary["hashed"], summary["unreadable"]) == (7, 6, {"unreadable_image": 1})
     assert manifest["counters"]["rejected"]["eval_duplicate"] == 3
+
+
+# ---- the embedding signal (--embed-checkpoint) ------------------------------------------------------------
+
+def bordered(image, frac: float = 0.10) -> bytes:
+    """A white frame of `frac` of the side around the image, then an upscaled web copy (pHash moves ~20 bits)."""
+    pad = int(image.width * frac)
+    framed = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad), "white")
+    framed.paste(image, (pad, pad))
+    return jpeg_bytes(framed.resize((200, 200)))
+
+
+def cropped(image, frac: float = 0.30) -> bytes:
+    cut = int(image.width * frac / 2)
+    return jpeg_bytes(image.crop((cut, cut, image.width - cut, image.height - cut)).resize((200, 200)))
+
+
+BORDER_AND_CROP = {"u_border": (2, bordered), "u_crop": (4, cropped)}   # key -> (eval seed, transform)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny CLIP trained for 5 CPU steps on generated shapes (a few seconds): an encoder of ours, not a good one."""
+    from train import train
+    from train.synthetic import write_shards
+    root = tmp_path_factory.mktemp("tiny")
+    write_shards(root / "shapes", "shapes", shards=1, per_shard=64, image_size=32, seed=1)
+    config = str(Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny.json")
+    train.main(["--shards", str(root / "shapes" / "00000.tar"), "--out", str(root / "run"), "--config", config,
+                "--steps", "5", "--batch-size", "32", "--warmup", "2", "--workers", "0", "--set", "run.threads=1",
+                "--set", "data.shuffle_buffer=64", "--set", "data.shuffle_initial=16"])
+    return str(root / "run" / "ckpt_latest.pt")
+
+
+@pytest.fixture
+def planted_border_and_crop(planted):
+    """The planted set plus a third shard with a 10% border copy and a 30% crop copy of eval images."""
+    tmp_path, eval_root, shard_dir = planted
+    write_shard(shard_dir / "00002.tar", [(k, f(pattern_image(seed))) for k, (seed, f) in BORDER_AND_CROP.items()])
+    return tmp_path, eval_root, shard_dir
+
+
+def drop_signal_columns(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("signal", "cosine")} for r in rows]
+
+
+def test_embedding_finds_border_and_crop_copies_that_phash_misses(planted_border_and_crop, tiny_checkpoint):
+    tmp_path, eval_root, shard_dir = planted_border_and_crop
+    encoder = embed.load_encoder(tiny_checkpoint, "cpu")
+    eval_ids, eval_features = embed.embed_images(
+        encoder, ((f"{c}/{s:04d}.jpg", jpeg_bytes(pattern_image(s))) for c, seeds in EVAL_SEEDS.items() for s in seeds))
+    eval_row = {seed: eval_ids.index(f"{c}/{seed:04d}.jpg") for c, seeds in EVAL_SEEDS.items() for seed in seeds}
+    copies = {k: embed.embed_images(encoder, [(k, f(pattern_image(seed)))])[1][0] for k, (seed, f) in BORDER_AND_CROP.items()}
+    for k, (seed, f) in BORDER_AND_CROP.items():   # the premise: pHash does not find them
+        assert phash.hamming(phash.hash_image_bytes(f(pattern_image(seed)))[0],
+                             phash.hash_image_bytes(jpeg_bytes(pattern_image(seed)))[0]) > dedup.DEFAULT_THRESHOLD
+    # this barely trained encoder is no good judge, so the threshold is set just low enough for both copies
+    cos_threshold = min(float(copies[k] @ eval_features[eval_row[seed]]) for k, (seed, _) in BORDER_AND_CROP.items()) - 1e-3
+    # without the frame-trimmed hash, so that pHash misses the border copy too
+    phash_only = run_dedup(tmp_path, eval_root, shard_dir, "off", "off_shards", "--no-border-hash")
+    both = run_dedup(tmp_path, eval_root, shard_dir, "on", "on_shards", "--no-border-hash",
+                     "--embed-checkpoint", tiny_checkpoint, "--embed-threshold", str(cos_threshold))
+
+    decisions = pq.read_table(tmp_path / "on" / "decisions.parquet").to_pylist()
+    for k, (seed, _) in BORDER_AND_CROP.items():
+        row = next(d for d in decisions if d["key"] == k and d["eval_image_id"].endswith(f"{seed:04d}.jpg"))
+        assert row["signal"] == dedup.EMBEDDING and row["cosine"] >= cos_threshold
+        assert row["distance"] > dedup.DEFAULT_THRESHOLD
+    assert set(BORDER_AND_CROP) <= set(both["dropped_per_eval_set"]["pets"]["uids"])
+
+    # every embedding pair is what a brute-force cosine over all shard images gives (away from float ties)
+    features = {}
+    for path in sorted(shard_dir.glob("*.tar")):
+        features.update(embed.shard_features(str(path), encoder, str(tmp_path / "check_cache")))
+    keys = sorted(features)
+    sims = np.stack([features[k] for k in keys]) @ eval_features.T
+    expected = {(keys[i], eval_ids[j]) for i, j in zip(*np.nonzero(sims >= cos_threshold + 1e-5))}
+    found = {(d["key"], d["eval_image_id"]) for d in decisions if d["signal"] != dedup.PHASH}
+    assert expected <= found
+    assert all(abs(d["cosine"] - cos_threshold) < 1e-5 or (d["key"], d["eval_image_id"]) in expected
+               for d in decisions if d["signal"] != dedup.PHASH)
+
+    # the pHash side is untouched: its pairs are the off run's, now with a cosine
+    old = pq.read_table(tmp_path / "off" / "decisions.parquet").to_pylist()
+    assert drop_signal_columns([d for d in decisions if d["signal"] != dedup.EMBEDDING]) == drop_signal_columns(old)
+    assert sum(both["dropped_per_signal"].values()) == both["counters"]["rejected"]["eval_duplicate"]
+    assert both["dropped_per_signal"][dedup.EMBEDDING] >= 2
+    assert both["counters"]["read"] == both["counters"]["kept"] + sum(both["counters"]["rejected"].values())
+    assert both["settings"]["embed_checkpoint_sha256"] == embed.file_sha256(tiny_checkpoint)
+    assert phash_only["dropped_per_signal"] == {"phash": 3, "embedding": 0, "both": 0}
+
+    # the overlap report reads these decisions: the copies' sources count as overlap, the threshold is named
+    report = overlap.run(["--dedup", str(tmp_path / "on"), "--out", str(tmp_path / "report"), "--examples", "1"])
+    sources = {f"{c}/{s:04d}.jpg" for c, seeds in EVAL_SEEDS.items() for s in seeds
+               if s in {seed for seed, _ in BORDER_AND_CROP.values()}}
+    assert report["sets"]["pets"]["overlap_images"] >= len(sources)
+    assert f"cosine >= {cos_threshold}" in (tmp_path / "report" / "overlap.md").read_text()
+
+
+def test_without_the_flag_the_output_is_the_phash_output(planted_border_and_crop):
+    tmp_path, eval_root, shard_dir = planted_border_and_crop
+    manifest = run_dedup(tmp_path, eval_root, shard_dir)
+    decisions = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pylist()
+    assert {d["signal"] for d in decisions} == {dedup.PHASH} and {d["cosine"] for d in decisions} == {None}
+    assert manifest["settings"]["embed_checkpoint"] is None and manifest["dropped_per_signal"]["embedding"] == 0
+    assert not (tmp_path / "out" / "cache" / "embed").exists()
+    # the frame-trimmed hash finds the 10% border copy; the 30% crop is beyond pHash
+    assert {d["key"]: d["trimmed"] for d in decisions} == {**{k: False for k in PLANTED}, "u_border": True}
+    assert "u_crop" in shard_keys(tmp_path / "dedup_shards")
+    plain = run_dedup(tmp_path, eval_root, shard_dir, "plain", "plain_shards", "--no-border-hash")
+    assert {d["key"] for d in pq.read_table(tmp_path / "plain" / "decisions.parquet").to_pylist()} == set(PLANTED)
+    assert plain["counters"]["rejected"]["eval_duplicate"] == 3
+
+
+def framed_grey(inner: np.ndarray, sides: tuple[int, int, int, int], colour: int = 255) -> np.ndarray:
+    left, top, right, bottom = sides
+    out = np.full((inner.shape[0] + top + bottom, inner.shape[1] + left + right), colour, dtype=np.uint8)
+    out[top:top + inner.shape[0], left:left + inner.shape[1]] = inner
+    return out
+
+
+def test_uniform_border_box_finds_frames_and_leaves_pictures_alone():
+    picture = np.asarray(pattern_image(3, 40).convert("L"))
+    assert phash.uniform_border_box(picture) is None
+    # a frame on all sides, and letterboxing (top and bottom only), are peeled plus one blurred row
+    assert phash.uniform_border_box(framed_grey(picture, (4, 4, 4, 4))) == (5, 5, 43, 43)
+    assert phash.uniform_border_box(framed_grey(picture, (0, 6, 0, 6), colour=0)) == (0, 7, 40, 45)
+    # a uniform strip on one side only (sky) is not a frame; nor is a frame that would leave too little
+    assert phash.uniform_border_box(framed_grey(picture, (0, 8, 0, 0))) is None
+    assert phash.uniform_border_box(framed_grey(picture[:8, :8], (10, 10, 10, 10))) is None
+    assert phash.uniform_border_box(np.full((32, 32), 128, dtype=np.uint8)) is None   # a blank image
+
+
+def test_framed_copy_hashes_near_its_source_after_trimming():
+    source = pattern_image(7)
+    data = bordered(source)
+    plain, trimmed, status = phash.image_hashes(data)
+    original = phash.hash_image_bytes(jpeg_bytes(source))[0]
+    assert status == phash.OK and phash.hamming(plain, original) > dedup.DEFAULT_THRESHOLD
+    assert phash.hamming(trimmed, original) <= dedup.DEFAULT_THRESHOLD
+    assert phash.image_hashes(jpeg_bytes(source))[1] is None
+
+
+def test_embedding_rerun_equals_once_and_reads_the_cache(planted_border_and_crop, tiny_checkpoint):
+    tmp_path, eval_root, shard_dir = planted_border_and_crop
+    flags = ["--embed-checkpoint", tiny_checkpoint, "--embed-threshold", "0.99"]
+    first = run_dedup(tmp_path, eval_root, shard_dir, "out", "dedup_shards", *flags)
+    cache = tmp_path / "out" / "cache" / "embed"
+    cached = {p: p.stat().st_mtime_ns for p in cache.rglob("*.parquet")}
+    assert len(cached) == 3 + 1                                    # three shards, one eval set
+    decisions = pq.read_table(tmp_path / "out" / "decisions.parquet")
+    second = run_dedup(tmp_path, eval_root, shard_dir, "out", "dedup_shards", *flags)
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.parquet")} == cached
+    assert second["counters"] == first["counters"]
+    assert pq.read_table(tmp_path / "out" / "decisions.parquet").equals(decisions)
+    again = run_dedup(tmp_path, eval_root, tmp_path / "dedup_shards", "out2", "dedup2", *flags)
+    assert again["counters"]["rejected"] == {}
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a checkpoint", "is not a train/train.py checkpoint")])
+def test_bad_checkpoint_is_one_clear_error(planted, content, message):
+    tmp_path, eval_root, shard_dir = planted
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit, match=rf"^dedup: --embed-checkpoint .*model.pt.* {message}"):
+        run_dedup(tmp_path, eval_root, shard_dir, "out", "dedup_shards", "--embed-checkpoint", str(path))
+    assert not (tmp_path / "dedup_shards").exists()
+
+
+def test_cosine_search_is_exact_and_inclusive():
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(50, 16)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    queries = np.concatenate([db[:10] + 0.1 * rng.normal(size=(10, 16)).astype(np.float32), db[10:12]])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = queries @ db.T
+    top = np.sort(sims.ravel())[-16:-14]
+    threshold = float(top.mean())                                 # between two cosines: no float ties
+    rows, hits = embed.cosine_pairs(embed.build_cosine_index(db), queries, threshold)
+    assert set(zip(rows.tolist(), hits.tolist())) == set(zip(*np.nonzero(sims >= threshold)))
+    assert len(rows) == 15
+    exact = np.eye(4, dtype=np.float32)                           # cosines exactly 1.0 and 0.0
+    rows, hits = embed.cosine_pairs(embed.build_cosine_index(exact), exact[[2]], 1.0)
+    assert (rows.tolist(), hits.tolist()) == ([0], [2])           # ">=": a cosine equal to the threshold counts

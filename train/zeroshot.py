@@ -49,6 +49,19 @@ TEMPLATES = {
 }
 
 
+def load_model(checkpoint: str | Path, device="cpu") -> tuple[CLIP, config_lib.TrainConfig, dict]:
+    """(model in eval mode on `device`, its config, the raw checkpoint) from a train/train.py checkpoint.
+
+    Also the image encoder of `dedup`'s embedding signal (pipeline/embed.py). Raises what torch.load and
+    load_state_dict raise on a file that is not such a checkpoint (callers turn that into one clear line).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_lib.from_dict(ckpt["config"])
+    model = CLIP(cfg.model).to(device).eval()
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, ckpt
+
+
 # ---- eval sets ---------------------------------------------------------------------------------------------
 
 def read_eval_set(spec: str, classnames: str | None) -> tuple[EvalSet, list[str], np.ndarray, list[bytes]]:
@@ -193,10 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.eval_set and not args.pairs:
         parser.error("give --eval-set, --pairs, or both")
 
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = config_lib.from_dict(ckpt["config"])
-    model = CLIP(cfg.model).to(args.device).eval()
-    model.load_state_dict(ckpt["model"])
+    model, cfg, ckpt = load_model(args.checkpoint, args.device)
     tokenizer = ClipTokenizer(args.merges, cfg.model.text.context_length)
     template_sets = dict(template_set(t) for t in (args.templates or ["photo", "ensemble"]))
     results = {"checkpoint": str(args.checkpoint), "step": ckpt["step"]}
