@@ -16,8 +16,12 @@ order); within a source by count (unigram), PMI (bigram), page views (title), th
 points, so the list is a total order and the file is byte-identical on any runner and worker count.
 
 Counting is pre-aggregated: each split (a file, or ~64 MB of bz2 streams) counts its pages into one
-Counter and emits one dict per hash bucket, so Beam handles a few dicts per split instead of one element
-per word (Beam's per-element cost would otherwise dominate, see DESIGN.md).
+`wikicore` SplitCounter (a C extension: markup stripping, tokenizing and counting in one call per page,
+with identical results to the Python reference in `wikitext`/`text`, see pipeline/wikicore.py) and emits
+one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
+element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
+cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
+the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Measured: BENCHMARKS.md, "Stage 1".
 
 Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wordnet data/wordnet-3.0 \
         --out queries/enwiki [--runner=... any Beam options]
@@ -39,10 +43,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline import beamrun, manifest, wikidump, wikitext
+from pipeline import beamrun, manifest, wikicore, wikidump, wikitext
 from pipeline.beamio import bucket_of  # stable across processes, unlike hash()
 from pipeline.records import QUERY_LIST_HEADER
-from pipeline.text import is_query_token, normalize_entry, tokenize
+from pipeline.text import is_query_token, normalize_entry
 
 log = logging.getLogger(__name__)
 NS = "queries"  # Beam counter namespace
@@ -73,11 +77,6 @@ def page_reject_reason(page: wikitext.WikiPage) -> str | None:
     if page.redirect:
         return wikitext.REDIRECT
     return None
-
-
-def page_tokens(page_text: str) -> list[str]:
-    """Tokens of an article's prose; a '.' token between lines keeps bigrams from spanning them."""
-    return tokenize(wikitext.strip_wiki_markup(page_text).replace("\n", " . "))
 
 
 def bigram_pmi(count_ab: int, count_a: int, count_b: int, total: int) -> float:
@@ -129,22 +128,6 @@ def parse_pageview_line(line: str) -> tuple[str, int] | None:
     return title.replace("_", " "), int(views)
 
 
-def split_counts(unigrams: Counter, bigrams: Counter, buckets: int) -> Iterator[tuple[str, int, dict]]:
-    """('uni'|'bi', bucket, {key: count}) parts of one split's counts; only word tokens are kept."""
-    word_bucket = {w: bucket_of(w, buckets) for w in unigrams if is_query_token(w)}
-    uni_parts: dict[int, dict] = {}
-    for w, b in word_bucket.items():
-        uni_parts.setdefault(b, {})[w] = unigrams[w]
-    bi_parts: dict[int, dict] = {}
-    for (a, b), c in bigrams.items():
-        if a in word_bucket and b in word_bucket:
-            bi_parts.setdefault(word_bucket[a], {})[(a, b)] = c
-    for b, part in sorted(uni_parts.items()):
-        yield "uni", b, part
-    for b, part in sorted(bi_parts.items()):
-        yield "bi", b, part
-
-
 def merge_candidates(query: str, candidates: Iterable[tuple]) -> tuple:
     """One row per query from its (source, count, pmi, rank_value) candidates: primary source first."""
     cands = sorted(candidates, key=lambda c: PRIORITY[c[0]])
@@ -190,6 +173,7 @@ class CountSplitWordsFn(beam.DoFn):
         self.buckets, self.max_keys = buckets, max_keys
 
     def setup(self):
+        log.info("stage 1 counting core: %s", wikicore.BACKEND)
         self.read = beamrun.counter(NS, "read")
         self.kept = beamrun.counter(NS, "kept")
         self.rejected = {r: beamrun.counter(NS, f"rejected.{r}") for r in (
@@ -201,57 +185,65 @@ class CountSplitWordsFn(beam.DoFn):
         self.rejected[reason].inc()
 
     def process(self, split: wikidump.WikiSplit):
-        unigrams, bigrams = Counter(), Counter()
+        counter = wikicore.new_split_counter()
         try:
             for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
                 try:
-                    page = wikitext.parse_page_block(block)
+                    page = wikicore.parse_page_block(block)
                 except ValueError as e:
                     log.warning("%s@%d: %s", split.path, split.start, e)
                     self._reject(wikitext.MALFORMED_PAGE)
                     continue
                 reason = page_reject_reason(page)
-                tokens = page_tokens(page.text) if reason is None else None
-                if reason is None and not tokens:
+                if reason is None and counter.add_page(page.text) == 0:
                     reason = wikitext.EMPTY_TEXT
                 if reason:
                     self._reject(reason)
                     continue
-                unigrams.update(tokens)
-                bigrams.update(zip(tokens, tokens[1:]))
                 self.read.inc()
                 self.kept.inc()
                 yield TaggedOutput("titles", page.title)
-                if len(bigrams) > self.max_keys:  # bound a worker's memory on a huge unsplit file
-                    yield from self._emit(unigrams, bigrams)
-                    unigrams, bigrams = Counter(), Counter()
+                if counter.distinct_bigrams > self.max_keys:  # bound a worker's memory on a huge unsplit file
+                    yield from self._emit(counter)
         except wikitext.TruncatedInput as e:
             log.warning("%s@%d: %s; pages before it are kept", split.path, split.start, e)
             self._reject(e.reason)
-        yield from self._emit(unigrams, bigrams)
+        yield from self._emit(counter)
 
-    def _emit(self, unigrams: Counter, bigrams: Counter):
-        for kind, b, part in split_counts(unigrams, bigrams, self.buckets):
-            yield TaggedOutput("unigrams" if kind == "uni" else "bigrams", (b, part))
+    def _emit(self, counter):
+        by_bucket: dict[int, list[dict]] = {}
+        for kind, b, part in counter.parts(self.buckets, bucket_of):
+            by_bucket.setdefault(b, [{}, {}])[kind == "bi"] = part
+        counter.clear()
+        for b, (unigrams, bigrams) in sorted(by_bucket.items()):
+            yield TaggedOutput("tokens", sum(unigrams.values()))
+            yield b, (unigrams, bigrams)
 
 
-class MergeCountsFn(beam.CombineFn):
-    """Sum {key: count} dicts (the per-split parts of one hash bucket)."""
+def add_counts(acc: dict, part: dict) -> dict:
+    """acc += part, key by key."""
+    if not acc:
+        return dict(part)   # a C-speed copy: with one split per bucket this is all the merging there is
+    get = acc.get
+    for k, c in part.items():
+        acc[k] = get(k, 0) + c
+    return acc
+
+
+class MergeBucketCountsFn(beam.CombineFn):
+    """Sum the per-split ({word: n}, {(a, b): n}) parts of one hash bucket."""
 
     def create_accumulator(self):
-        return {}
+        return {}, {}
 
     def add_input(self, acc, part):
-        get = acc.get
-        for k, c in part.items():
-            acc[k] = get(k, 0) + c
-        return acc
+        return add_counts(acc[0], part[0]), add_counts(acc[1], part[1])
 
     def merge_accumulators(self, accs):
-        accs = sorted(accs, key=len, reverse=True)  # fold the small ones into the largest
+        accs = sorted(accs, key=lambda acc: len(acc[1]), reverse=True)  # fold the small ones into the largest
         acc = accs[0]
         for other in accs[1:]:
-            self.add_input(acc, other)
+            acc = self.add_input(acc, other)
         return acc
 
     def extract_output(self, acc):
@@ -259,11 +251,13 @@ class MergeCountsFn(beam.CombineFn):
 
 
 class CountWikipediaWords(beam.PTransform):
-    """splits -> {unigram_buckets: (bucket, {word: n}), bigram_buckets: (bucket, {(a, b): n}), titles: str}.
+    """splits -> {bucket_counts: (bucket, ({word: n}, {(a, b): n})), total: word tokens, titles: str}.
 
     Counts stay in per-bucket dicts all the way: a bucket is one element, so Beam's per-element cost is
     paid a few times per bucket instead of once per distinct word or bigram. A bigram lives in the
-    bucket of its first word, which is also where that word's unigram count is.
+    bucket of its first word, which is also where that word's unigram count is, so one shuffle brings
+    together what the first PMI join needs (a word's and its bigrams' counts). The token total travels
+    apart, as one int per split, so that it is ready as a side input when the merged buckets are.
     """
 
     def __init__(self, buckets: int, max_keys: int):
@@ -274,21 +268,40 @@ class CountWikipediaWords(beam.PTransform):
         parts = (splits
                  | "SpreadSplits" >> beam.Reshuffle()
                  | "CountSplitWords" >> beam.ParDo(CountSplitWordsFn(self.buckets, self.max_keys))
-                 .with_outputs("unigrams", "bigrams", "titles"))
-        return {"unigram_buckets": parts.unigrams | "MergeUnigramParts" >> beam.CombinePerKey(MergeCountsFn()),
-                "bigram_buckets": parts.bigrams | "MergeBigramParts" >> beam.CombinePerKey(MergeCountsFn()),
+                 .with_outputs("tokens", "titles", main="parts"))
+        return {"bucket_counts": parts.parts | "MergeBucketParts" >> beam.CombinePerKey(MergeBucketCountsFn()),
+                "total": parts.tokens | "TotalTokens" >> beam.CombineGlobally(sum),
                 "titles": parts.titles}
 
 
-def attach_first_counts(joined: tuple, buckets: int, min_count: int) -> Iterator[tuple[int, dict]]:
-    """Bucket of a's: {(a, b): n_ab} + {a: n_a} -> per bucket of b: {(a, b): (n_ab, n_a)}."""
-    _, groups = joined
-    unigrams = groups["unigrams"][0] if groups["unigrams"] else {}
+# Rounding slack of the PMI bound below: bigram_pmi sums four float logs, so its value can exceed the
+# bound's two-log difference by a few ulps (~1e-14 at these magnitudes); 1e-9 keeps the pruning exact.
+PMI_BOUND_SLACK = 1e-9
+
+
+def max_pmi_with_first(count_a: int, total: int) -> float:
+    """An upper bound of the PMI of any bigram (a, b): c(ab) <= c(b) gives pmi <= log2(total / c(a))."""
+    return math.log2(total) - math.log2(count_a)
+
+
+def attach_first_counts(bucket_counts: tuple, buckets: int, min_count: int, total: int,
+                        min_pmi: float) -> Iterator[tuple[int, dict]]:
+    """Bucket of a's: ({a: n_a}, {(a, b): n_ab}) -> per bucket of b: {(a, b): (n_ab, n_a)}.
+
+    A bigram whose first word is too frequent for any bigram to reach min_pmi is dropped here
+    (`max_pmi_with_first`): with MetaCLIP's PMI >= 30 that is almost all of them, so the second join
+    moves a small fraction of the bigrams instead of every one.
+    """
+    _, (unigrams, bigrams) = bucket_counts
     out: dict[int, dict] = {}
-    for part in groups["bigrams"]:
-        for (a, b), n_ab in part.items():
-            if n_ab >= min_count:
-                out.setdefault(bucket_of(b, buckets), {})[(a, b)] = (n_ab, unigrams[a])
+    b_bucket: dict[str, int] = {}   # blake2b once per distinct second word, not once per bigram
+    for (a, b), n_ab in bigrams.items():
+        n_a = unigrams[a]
+        if n_ab < min_count or max_pmi_with_first(n_a, total) < min_pmi - PMI_BOUND_SLACK:
+            continue
+        if (bucket := b_bucket.get(b)) is None:
+            bucket = b_bucket[b] = bucket_of(b, buckets)
+        out.setdefault(bucket, {})[(a, b)] = (n_ab, n_a)
     yield from sorted(out.items())
 
 
@@ -304,10 +317,11 @@ def score_bucket(joined: tuple, total: int, min_pmi: float) -> Iterator[tuple[st
 
 
 class ScoreBigrams(beam.PTransform):
-    """(unigram_buckets, bigram_buckets, total) -> bigram candidates with PMI >= min_pmi.
+    """(bucket_counts, total) -> bigram candidates with PMI >= min_pmi.
 
     PMI needs the counts of both words. Two bucket-level joins attach them (first word: same bucket;
-    second word: re-bucketed), so no worker holds the whole vocabulary as a side input.
+    second word: re-bucketed), so no worker holds the whole vocabulary as a side input. The first join
+    already drops the bigrams that cannot reach min_pmi whatever their second word.
     """
 
     def __init__(self, buckets: int, min_count: int, min_pmi: float):
@@ -315,10 +329,11 @@ class ScoreBigrams(beam.PTransform):
         self.buckets, self.min_count, self.min_pmi = buckets, min_count, min_pmi
 
     def expand(self, pcolls):
-        unigram_buckets, bigram_buckets, total = pcolls
-        with_first = ({"unigrams": unigram_buckets, "bigrams": bigram_buckets}
-                      | "JoinFirstWord" >> beam.CoGroupByKey()
-                      | "AttachFirstCounts" >> beam.FlatMap(attach_first_counts, self.buckets, self.min_count))
+        bucket_counts, total = pcolls
+        unigram_buckets = bucket_counts | "UnigramsOfBucket" >> beam.MapTuple(lambda b, counts: (b, counts[0]))
+        with_first = bucket_counts | "AttachFirstCounts" >> beam.FlatMap(
+            attach_first_counts, self.buckets, self.min_count, total=beam.pvalue.AsSingleton(total),
+            min_pmi=self.min_pmi)
         return ({"unigrams": unigram_buckets, "bigrams": with_first}
                 | "JoinSecondWord" >> beam.CoGroupByKey()
                 | "KeepHighPmi" >> beam.FlatMap(score_bucket, total=beam.pvalue.AsSingleton(total),
@@ -398,13 +413,10 @@ class BuildQueryList(beam.PTransform):
     def expand(self, splits):
         a = self.args
         counts = splits | "CountWikipediaWords" >> CountWikipediaWords(a.count_buckets, a.max_keys_per_worker)
-        unigram_buckets = counts["unigram_buckets"]
-        total = (unigram_buckets | "TokensPerBucket" >> beam.Map(lambda kv: sum(kv[1].values()))
-                 | "TotalTokens" >> beam.CombineGlobally(sum))
         min_unigram = a.min_unigram_count
-        unigrams = unigram_buckets | "KeepFrequentWords" >> beam.FlatMap(
-            lambda kv: [(w, ("unigram", n, None, n)) for w, n in kv[1].items() if n >= min_unigram])
-        bigrams = ((unigram_buckets, counts["bigram_buckets"], total)
+        unigrams = counts["bucket_counts"] | "KeepFrequentWords" >> beam.FlatMap(
+            lambda kv: [(w, ("unigram", n, None, n)) for w, n in kv[1][0].items() if n >= min_unigram])
+        bigrams = ((counts["bucket_counts"], counts["total"])
                    | "ScoreBigrams" >> ScoreBigrams(a.count_buckets, a.min_bigram_count, a.min_pmi))
         titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews)
         candidates = [unigrams, bigrams, titles]

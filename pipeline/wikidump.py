@@ -26,6 +26,7 @@ from pipeline.wikitext import CorruptInput, TruncatedInput, looks_like_mediawiki
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 1 << 20          # compressed bytes read per call: bounds memory per worker
+OUTPUT_CHUNK = 1 << 20        # decompressed bytes per call
 DEFAULT_SPLIT_BYTES = 64 << 20
 
 
@@ -120,9 +121,11 @@ def decompress_bz2_streams(blocks: Iterator[bytes]) -> Iterator[bytes]:
     """Decompress concatenated bz2 streams. Raises TruncatedInput for a cut-off or corrupt stream."""
     decomp, fed = bz2.BZ2Decompressor(), False
     for block in blocks:
-        while block:
+        while block or (fed and not decomp.eof and not decomp.needs_input):
             try:
-                out = decomp.decompress(block)
+                # bounded output: a reader that stops early (check_dump's 64 KB) decompresses ~1 bz2 block,
+                # not the whole READ_BLOCK of compressed input (~4 MB of XML)
+                out = decomp.decompress(block, max_length=OUTPUT_CHUNK)
             except OSError as e:  # "Invalid data stream": not bz2, or garbage between streams
                 raise CorruptInput(f"corrupt bz2 data: {e}") from None
             fed = True

@@ -11,6 +11,11 @@ other links replaced by their text), remaining HTML tags, entities, bold/italic 
 list markers. Templates and tables are removed whole: their parameter names and cell syntax would
 otherwise end up among the words counted for the query list. What markup survives a malformed page is
 stopped later by `text.is_query_token`, which only admits word-shaped tokens.
+
+These functions are the specification. The stage runs their C twin (pipeline/_wikicore.c, the same passes
+in the same order, plus a page parser for the plain dump layout that defers to ElementTree for anything
+else); tests/test_wikicore.py checks that both give identical counts, so a change here needs the same
+change there.
 """
 
 from __future__ import annotations
@@ -93,11 +98,15 @@ def parse_page_block(block: str) -> WikiPage:
         page = ET.fromstring(block)
     except ET.ParseError as e:
         raise ValueError(f"malformed page XML: {e}") from None
-    title, ns = page.findtext("title"), page.findtext("ns")
+    return page_from_fields(page.findtext("title"), page.findtext("ns"), page.find("redirect") is not None,
+                            page.findtext("revision/text"))
+
+
+def page_from_fields(title: str | None, ns: str | None, redirect: bool, text: str | None) -> WikiPage:
+    """A WikiPage from a page's <title>, <ns>, <redirect> and <revision><text> (None: no such element)."""
     if title is None or ns is None or not ns.strip().lstrip("-").isdigit():
         raise ValueError("page without <title> or numeric <ns>")
-    return WikiPage(title=title, ns=int(ns), redirect=page.find("redirect") is not None,
-                    text=page.findtext("revision/text") or "")
+    return WikiPage(title=title, ns=int(ns), redirect=redirect, text=text or "")
 
 
 def looks_like_mediawiki(head: str) -> bool:

@@ -7,11 +7,13 @@ from collections import Counter
 
 import apache_beam as beam
 import pytest
+from hypothesis import given, strategies as st
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import queries as Q
-from pipeline import wikidump, wikitext
+from pipeline import wikicore, wikidump, wikitext
+from pipeline.beamio import bucket_of
 from tests.wikidumps import write_dump, write_multistream
 
 FNAPI = ["--runner=FnApiRunner"]
@@ -41,7 +43,7 @@ def read_rows(path):
 # ------------------------------------------------------------------ pure
 
 def test_page_tokens_keep_lines_apart():
-    assert Q.page_tokens("A b\nc d") == ["A", "b", ".", "c", "d"]
+    assert wikicore.page_tokens("A b\nc d") == ["A", "b", ".", "c", "d"]
 
 
 def test_bigram_pmi_matches_definition():
@@ -91,7 +93,7 @@ def test_merge_candidates_priority_and_fields():
 def test_split_counts_keeps_word_tokens_and_bigrams_of_words_only():
     uni = Counter({"New": 2, "York": 2, ",": 1, "(born": 1})
     bi = Counter({("New", "York"): 2, ("York", ","): 1, (",", "New"): 1})
-    parts = list(Q.split_counts(uni, bi, buckets=4))
+    parts = list(wikicore.split_counts(uni, bi, buckets=4, bucket_of=bucket_of))
     merged_uni = {k: v for kind, _, part in parts if kind == "uni" for k, v in part.items()}
     merged_bi = {k: v for kind, _, part in parts if kind == "bi" for k, v in part.items()}
     assert merged_uni == {"New": 2, "York": 2}
@@ -122,37 +124,44 @@ def test_truncated_bz2_raises_truncated_input(tmp_path):
 
 # ------------------------------------------------------------------ transforms
 
-def _items(kv):
-    return list(kv[1].items())
+def _unigram_items(kv):
+    return list(kv[1][0].items())
+
+
+def _bigram_items(kv):
+    return list(kv[1][1].items())
 
 
 def test_count_wikipedia_words_transform(tmp_path):
     dump = write_dump(tmp_path / "d.xml", ARTICLES)
     with TestPipeline(argv=FNAPI) as p:
         out = p | beam.Create([wikidump.WikiSplit(str(dump))]) | Q.CountWikipediaWords(buckets=3, max_keys=10 ** 6)
-        counts = (out["unigram_buckets"] | "U" >> beam.FlatMap(_items)
+        counts = (out["bucket_counts"] | "U" >> beam.FlatMap(_unigram_items)
                   | "SomeWords" >> beam.Filter(lambda kv: kv[0] in ("city", "New", "York", "zebra", "talk")))
         assert_that(counts, equal_to([("city", 4), ("New", 2), ("York", 2), ("zebra", 1)]), label="Unigrams")
-        ny = (out["bigram_buckets"] | "B" >> beam.FlatMap(_items)
+        ny = (out["bucket_counts"] | "B" >> beam.FlatMap(_bigram_items)
               | "SomeBigrams" >> beam.Filter(lambda kv: kv[0] in (("New", "York"), ("city", "The"))))
         assert_that(ny, equal_to([(("New", "York"), 2)]), label="Bigrams")   # "city . The" spans a sentence
         assert_that(out["titles"], equal_to(["New York City", "Paris (city)", "Zebra"]), label="Titles")
+        reference = wikicore.PySplitCounter()
+        for article in ARTICLES[:3]:   # the three articles (not the talk page, not the redirect)
+            reference.add_page(article["text"])
+        assert_that(out["total"], equal_to([sum(reference.result()[0].values())]), label="Total")
 
 
 def test_score_bigrams_transform_joins_counts_across_buckets():
     total, k = 100, 4
     unigram_counts = {"New": 5, "York": 8, "the": 50, "city": 40, "rare": 1, "pair": 1}
     bigram_counts = {("New", "York"): 4, ("the", "city"): 4, ("rare", "pair"): 1}
-    uni_buckets, bi_buckets = {}, {}
+    buckets = {}
     for w, n in unigram_counts.items():
-        uni_buckets.setdefault(Q.bucket_of(w, k), {})[w] = n
+        buckets.setdefault(Q.bucket_of(w, k), ({}, {}))[0][w] = n
     for (a, b), n in bigram_counts.items():
-        bi_buckets.setdefault(Q.bucket_of(a, k), {})[(a, b)] = n
+        buckets[Q.bucket_of(a, k)][1][(a, b)] = n
     with TestPipeline(argv=FNAPI) as p:
-        uni = p | "U" >> beam.Create(sorted(uni_buckets.items()))
-        bi = p | "B" >> beam.Create(sorted(bi_buckets.items()))
+        bucket_counts = p | "C" >> beam.Create(sorted(buckets.items()))
         n = p | "N" >> beam.Create([total])
-        out = (uni, bi, n) | Q.ScoreBigrams(buckets=k, min_count=2, min_pmi=2.0)
+        out = (bucket_counts, n) | Q.ScoreBigrams(buckets=k, min_count=2, min_pmi=2.0)
         pmi = Q.bigram_pmi(4, 5, 8, total)
         assert pmi == pytest.approx(math.log2(4 * 100 / 40))
         expected = [("New York", ("bigram", 4, pmi, pmi))]   # "the city": log2(4*100/2000) < 2
@@ -254,3 +263,18 @@ def test_missing_wordnet_files_is_a_clear_error(tmp_path):
     dump = write_dump(tmp_path / "d.xml", ARTICLES)
     with pytest.raises(SystemExit, match="WordNet folder .* lacks"):
         run_stage(tmp_path, ["--dump", str(dump), "--wordnet", str(tmp_path)])
+
+
+@given(st.dictionaries(st.tuples(st.sampled_from("abcdef"), st.sampled_from("abcdef")), st.integers(1, 50),
+                       min_size=1),
+       st.floats(0.0, 8.0))
+def test_pmi_bound_prunes_no_bigram_that_reaches_min_pmi(pairs, min_pmi):
+    unigrams = {}
+    for (a, b), n in pairs.items():   # counts consistent with a corpus: c(a), c(b) >= c(ab)
+        unigrams[a] = unigrams.get(a, 0) + n
+        unigrams[b] = unigrams.get(b, 0) + n
+    total = sum(unigrams.values())
+    attached = {k: v for _, part in Q.attach_first_counts((0, (unigrams, pairs)), 1, 1, total, min_pmi)
+                for k, v in part.items()}
+    reaching = {ab for ab, n in pairs.items() if Q.bigram_pmi(n, unigrams[ab[0]], unigrams[ab[1]], total) >= min_pmi}
+    assert reaching <= set(attached)
