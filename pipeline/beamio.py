@@ -38,10 +38,10 @@ def bucket_of(key: str, n_buckets: int) -> int:
     return (int.from_bytes(digest, "big") * n_buckets) >> 64
 
 
-def write_parquet_file(path: str, rows: list[dict[str, Any]], schema: pa.Schema) -> str:
-    """Write rows atomically (temporary name, then rename) through fsspec; return the path."""
+def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:
+    """Write rows (dicts, or a table of that schema) atomically (temporary name, then rename) through fsspec."""
     fs, fs_path = fsspec.core.url_to_fs(path)
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     fs.makedirs(fs._parent(fs_path), exist_ok=True)
     tmp = f"{fs_path}.tmp"
     with fs.open(tmp, "wb") as f:
@@ -117,8 +117,9 @@ def write_counts_tsv(path: str, queries: list[str], columns: dict[str, dict[int,
     tmp = f"{fs_path}.tmp"
     with fs.open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(("query_id", "query", *columns)) + "\n")
-        for qid, query in enumerate(queries):
-            f.write("\t".join((str(qid), query, *(str(c.get(qid, 0)) for c in columns.values()))) + "\n")
+        # one write call for all rows: fsspec's per-call overhead more than doubled the time for 412k queries
+        f.write("".join("\t".join((str(qid), query, *(str(c.get(qid, 0)) for c in columns.values()))) + "\n"
+                        for qid, query in enumerate(queries)))
     fs.mv(tmp, fs_path)
     return path
 

@@ -2,8 +2,23 @@
 
 In: local or fsspec paths/globs. Out: raw rows `{"source", "url", "caption", "meta"}` where url and caption
 are whatever the file held (None, numbers, strings with undecodable bytes kept as surrogates); a row the
-reader could not parse at all carries `"reason": "malformed_row"`. Judging rows is `match.check_raw_row`'s
+reader could not parse at all carries `"reason": "malformed_row"`. Judging rows is `match.judge_batch`'s
 job, so every physical row is read exactly once and counted exactly once.
+
+Splitting (a 50 GB pool file must be read by many workers): `plan_ranges` cuts a file into `PoolRange`s
+of about `range_bytes`, each read by `read_pool_range` on its own, and the ranges of a file together
+give exactly the rows of reading it whole:
+- parquet: runs of consecutive row groups (a row group is parquet's unit of parallel reading);
+- uncompressed TSV and JSONL: byte ranges; a line belongs to the range its first byte is in (the reader
+  of a range skips the partial line it starts in and reads past its end to finish its last line, as
+  Beam's splittable text source does); a TSV header line is read separately by every range;
+- not split, read whole by one worker: compressed text (`.gz`, `.bz2`...: a compressed stream cannot be
+  entered in the middle), CSV (a quoted field may hold a newline, so a byte offset cannot tell where a
+  record starts) and WAT (gzip members of variable size; one file is ~1 GB, Common Crawl's own unit of work).
+Lines are split on `\\n` only (`\\r\\n` endings are stripped; a lone `\\r` is whitespace inside a field), so
+split and whole reads agree byte for byte. Row sources name the row: `path:N` (parquet row number),
+`path:byteN` (offset of the line or CSV record: line numbers cannot be known inside a range), WAT
+`path:recordN:imgK`.
 
 Column names follow img2dataset's `url_col` / `caption_col` convention (LAION parquet: `URL`/`TEXT`).
 A headerless TSV/CSV (CC3M: `caption \\t url`) is read with `header=False` and 0-based column positions.
@@ -29,6 +44,7 @@ from urllib.parse import urljoin
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.utils import infer_compression
 
 MALFORMED_ROW = "malformed_row"
 INVALID_UTF8 = "invalid_utf8"
@@ -39,6 +55,7 @@ _SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json": "jsonl", ".json.gz": "jsonl",
 }
 PARQUET_BATCH_ROWS = 8192  # bounded memory per worker, large enough to amortise Arrow's per-batch cost
+RANGE_BYTES = 64 << 20  # as Beam's file sources split: enough work per range to amortise opening the file
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +72,15 @@ class PoolSpec:
     caption_col: str = "caption"
     header: bool = True
     keep_cols: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRange:
+    """A part of one pool file: row groups [start, stop) of a parquet file, bytes [start, stop) of a text
+    file (the lines that start in it), or the whole file when stop is None."""
+    path: str
+    start: int = 0
+    stop: int | None = None
 
 
 def expand_pool(patterns: list[str]) -> list[str]:
@@ -98,7 +124,7 @@ def check_pool_file(path: str, spec: PoolSpec) -> None:
         for col in wanted:
             _column_index(names, col, path)
     elif fmt in ("tsv", "csv") and spec.header:
-        header = next(_tabular_records(path, fmt), None)
+        header = _header(path, fmt)
         if header is None:
             return  # an empty file has no rows: nothing to read, nothing lost
         for col in wanted:
@@ -116,35 +142,99 @@ def check_pool_files(paths: list[str], spec: PoolSpec) -> None:
         check_pool_file(path, spec)
 
 
-def _text_lines(path: str) -> Iterator[str]:
-    """Lines of a (possibly compressed) text file; undecodable bytes kept as surrogates to be judged per row."""
-    with fsspec.open(path, "rt", encoding="utf-8", errors="surrogateescape", compression="infer", newline="") as f:
-        yield from f
+def splittable(path: str, fmt: str) -> bool:
+    """Whether a file can be read in independent ranges (see the module docstring for why not all can)."""
+    return fmt == "parquet" or (fmt in ("tsv", "jsonl") and infer_compression(path) is None)
 
 
-def _tabular_records(path: str, fmt: str) -> Iterator[list[str]]:
-    lines = _text_lines(path)
+def plan_ranges(path: str, spec: PoolSpec, range_bytes: int = RANGE_BYTES) -> list[PoolRange]:
+    """The ranges one file is read in: about `range_bytes` each (parquet: whole row groups), in file order."""
+    fmt = file_format(path, spec.format)
+    if not splittable(path, fmt):
+        return [PoolRange(path)]
+    if fmt == "parquet":
+        with fsspec.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        ranges, first, size = [], 0, 0
+        for group in range(meta.num_row_groups):
+            size += meta.row_group(group).total_byte_size
+            if size >= range_bytes:
+                ranges.append(PoolRange(path, first, group + 1))
+                first, size = group + 1, 0
+        if first < meta.num_row_groups or not ranges:
+            ranges.append(PoolRange(path, first, meta.num_row_groups))
+        return ranges
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    size = fs.size(fs_path)
+    return [PoolRange(path, start, min(size, start + range_bytes)) for start in range(0, size, range_bytes)] or \
+        [PoolRange(path)]
+
+
+def _lines(path: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) of the lines that start in [start, stop), `\\n` included; decompressed whole files."""
+    with fsspec.open(path, "rb", compression="infer") as f:
+        offset = 0
+        if start > 0:  # the line that holds byte start-1 belongs to the range before (or ends right there)
+            f.seek(start - 1)
+            offset = start - 1 + len(f.readline())
+        while stop is None or offset < stop:
+            line = f.readline()
+            if not line:
+                return
+            yield offset, line
+            offset += len(line)
+
+
+def _decode_line(line: bytes) -> str:
+    """A line without its ending; undecodable bytes kept as surrogates, to be judged per row."""
+    return line.decode("utf-8", "surrogateescape").rstrip("\r\n")
+
+
+def _csv_records(lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, list[str]]]:
+    """(byte offset, fields) per CSV record; a quoted field may span lines."""
+    end = 0
+
+    def text() -> Iterator[str]:
+        nonlocal end
+        for offset, line in lines:
+            end = offset + len(line)
+            yield line.decode("utf-8", "surrogateescape")
+
+    start = 0
+    for fields in csv.reader(text()):
+        yield start, fields
+        start = end
+
+
+def _tabular_records(path: str, fmt: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, list[str]]]:
     if fmt == "csv":
-        yield from csv.reader(lines)
-    else:
-        for line in lines:
-            yield line.rstrip("\r\n").split("\t")
+        return _csv_records(_lines(path, start, stop))
+    return ((offset, _decode_line(line).split("\t")) for offset, line in _lines(path, start, stop))
 
 
-def _read_tabular(path: str, fmt: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
-    records = _tabular_records(path, fmt)
+def _header(path: str, fmt: str) -> list[str] | None:
+    """The column names on the first line / record of a TSV or CSV file (None for an empty file)."""
+    first = next(_tabular_records(path, fmt), None)
+    return None if first is None else first[1]
+
+
+def _read_tabular(prange: PoolRange, fmt: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    path = prange.path
     if spec.header:
-        names = next(records, None)
+        names = _header(path, fmt)
         if names is None:
             return
         index = {col: _column_index(names, col, path) for col in (spec.url_col, spec.caption_col, *spec.keep_cols)}
     else:
         index = {col: int(col) for col in (spec.url_col, spec.caption_col, *spec.keep_cols)}
     width = max(index.values()) + 1
-    for row_no, fields in enumerate(records, start=2 if spec.header else 1):
+    records = _tabular_records(path, fmt, prange.start, prange.stop)
+    if spec.header and prange.start == 0:
+        next(records, None)  # the header line is not a row
+    for offset, fields in records:
         if fields == [""] or not fields:
             continue  # an empty line is not a row
-        row = {"source": f"{path}:{row_no}", "url": None, "caption": None, "meta": {}}
+        row = {"source": f"{path}:byte{offset}", "url": None, "caption": None, "meta": {}}
         if len(fields) < width:
             row["reason"] = MALFORMED_ROW
         else:
@@ -153,11 +243,12 @@ def _read_tabular(path: str, fmt: str, spec: PoolSpec) -> Iterator[dict[str, Any
         yield row
 
 
-def _read_jsonl(path: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
-    for row_no, line in enumerate(_text_lines(path), start=1):
+def _read_jsonl(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    for offset, raw in _lines(prange.path, prange.start, prange.stop):
+        line = _decode_line(raw)
         if not line.strip():
             continue
-        row = {"source": f"{path}:{row_no}", "url": None, "caption": None, "meta": {}}
+        row = {"source": f"{prange.path}:byte{offset}", "url": None, "caption": None, "meta": {}}
         try:
             obj = json.loads(line)
         except ValueError:
@@ -176,16 +267,29 @@ def _decode(value: Any) -> Any:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def _read_parquet(path: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+def _column_values(column: pa.Array) -> list[Any]:
+    values = column.to_pylist()
+    return [_decode(v) for v in values] if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) \
+        else values
+
+
+def _read_parquet(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    path = prange.path
     columns = list(dict.fromkeys((spec.url_col, spec.caption_col, *spec.keep_cols)))
     row_no = 0
     with fsspec.open(path, "rb") as f:
         try:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-                for rec in batch.to_pylist():
-                    yield {"source": f"{path}:{row_no}", "url": _decode(rec[spec.url_col]),
-                           "caption": _decode(rec[spec.caption_col]),
-                           "meta": {col: _decode(rec[col]) for col in spec.keep_cols}}
+            parquet = pq.ParquetFile(f)
+            meta = parquet.metadata
+            groups = list(range(prange.start, meta.num_row_groups if prange.stop is None else prange.stop))
+            row_no = sum(meta.row_group(g).num_rows for g in range(prange.start))  # rows before the range
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns):
+                values = {col: _column_values(batch.column(col)) for col in columns}  # by column: no per-cell calls
+                metas = [dict(zip(spec.keep_cols, cells)) for cells in zip(*(values[c] for c in spec.keep_cols))] \
+                    if spec.keep_cols else None
+                for i, (url, caption) in enumerate(zip(values[spec.url_col], values[spec.caption_col])):
+                    yield {"source": f"{path}:{row_no}", "url": url, "caption": caption,
+                           "meta": metas[i] if metas else {}}
                     row_no += 1
         except (pa.ArrowInvalid, OSError) as e:
             # A file whose footer was fine but whose data pages are not: fail the run, naming the file.
@@ -238,22 +342,31 @@ def _replace_surrogates(value: Any) -> Any:
 
 def mark_invalid_utf8(row: dict[str, Any]) -> dict[str, Any]:
     """Reject a row holding undecodable bytes, with U+FFFD in their place (Beam and Arrow need valid UTF-8)."""
-    values = (row["url"], row["caption"], *row["meta"].values())
+    url, caption = row["url"], row["caption"]
+    if (type(url) is not str or url.isascii()) and (type(caption) is not str or caption.isascii()) \
+            and not row["meta"]:
+        return row  # the common case, decided without a function call per value
+    values = (url, caption, *row["meta"].values())
     if not any(_has_surrogates(v) for v in values):
         return row
     return {"source": row["source"], "url": _replace_surrogates(row["url"]),
             "caption": _replace_surrogates(row["caption"]), "meta": {}, "reason": row.get("reason") or INVALID_UTF8}
 
 
-def read_pool_file(path: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
-    """Every row of one pool file, parsed or marked malformed / invalid_utf8, in file order."""
-    fmt = file_format(path, spec.format)
+def read_pool_range(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    """Every row of one range of a pool file, parsed or marked malformed / invalid_utf8, in file order."""
+    fmt = file_format(prange.path, spec.format)
     if fmt == "parquet":
-        rows = _read_parquet(path, spec)
+        rows = _read_parquet(prange, spec)
     elif fmt == "wat":
-        rows = _read_wat(path)
+        rows = _read_wat(prange.path)
     elif fmt == "jsonl":
-        rows = _read_jsonl(path, spec)
+        rows = _read_jsonl(prange, spec)
     else:
-        rows = _read_tabular(path, fmt, spec)
+        rows = _read_tabular(prange, fmt, spec)
     return map(mark_invalid_utf8, rows)
+
+
+def read_pool_file(path: str, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    """Every row of one whole pool file (the reference that a file's ranges must add up to)."""
+    return read_pool_range(PoolRange(path), spec)
