@@ -367,24 +367,20 @@ def full_decode_ours(data: bytes) -> int:
 
 
 def draft_ours(data: bytes) -> int:
-    return phash.hash_image_bytes(data, draft=True)[0]
+    """The stage's path for a shard image: reduced decode, pHash and the frame-trimmed pHash."""
+    return phash.image_hashes(data, draft=True)[0]
 
 
 def draft_plain(data: bytes) -> int:
     """The stage's decode and pHash without the frame check (what the frame-trimmed hash adds is the difference)."""
-    small = phash.decode_jpeg_small(data)
-    if small is None:   # no simplejpeg: PIL draft mode, as the stage does
-        with Image.open(io.BytesIO(data)) as small:
-            small.draft("L", (phash.DRAFT_SIZE, phash.DRAFT_SIZE))
-            return phash.phash_of_image(small)
-    return phash.phash_of_image(small)
+    return phash.hash_image_bytes(data, draft=True)[0]
 
 
 def draft_pil(data: bytes) -> int:
     """The stage's path with simplejpeg switched off: PIL draft mode."""
     fast, phash.simplejpeg = phash.simplejpeg, None
     try:
-        return phash.hash_image_bytes(data, draft=True)[0]
+        return phash.image_hashes(data, draft=True)[0]
     finally:
         phash.simplejpeg = fast
 

@@ -407,9 +407,7 @@ class AddQueryCountsFn(beamio.CountQueryIdsFn):
     """Per-bucket {query_id: count} dicts -> their sum (the buckets hold disjoint rows)."""
 
     def add_input(self, acc: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
-        for qid, n in counts.items():
-            acc[qid] = acc.get(qid, 0) + n
-        return acc
+        return beamio.add_counts(acc, counts)
 
 
 class ReadCandidatePool(beam.PTransform):

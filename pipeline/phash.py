@@ -128,29 +128,38 @@ def decode_jpeg_small(data: bytes) -> Image.Image | None:
     return Image.fromarray(pixels[:, :, 0], "L")
 
 
-def hash_image_bytes(data: bytes, draft: bool = True) -> tuple[int | None, str]:
-    """(pHash, OK) of an encoded image, or (None, reason) if it cannot be decoded; never raises on bad bytes."""
-    phash, _, status = image_hashes(data, draft)
-    return phash, status
-
-
-def image_hashes(data: bytes, draft: bool = True) -> tuple[int | None, int | None, str]:
-    """(pHash, pHash inside its uniform frame or None if it has no frame, OK), or (None, None, reason)."""
+def decode_for_hash(data: bytes, draft: bool = True) -> tuple[Image.Image | None, str]:
+    """(decoded image, OK) of encoded bytes, reduced in the decoder when `draft`, or (None, reason) if they cannot
+    be decoded; never raises on bad bytes."""
     small = decode_jpeg_small(data) if draft else None
     if small is not None:
-        return phash_of_image(small), trimmed_phash(small), OK
+        return small, OK
     try:
         with Image.open(io.BytesIO(data)) as image:
             if draft and image.format == "JPEG":
                 image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
             image.load()
-            return phash_of_image(image), trimmed_phash(image), OK
+            return image, OK
     except Image.DecompressionBombError:
-        return None, None, DECOMPRESSION_BOMB
+        return None, DECOMPRESSION_BOMB
     # OSError covers UnidentifiedImageError and "image file is truncated"; PIL's PNG reader raises
     # SyntaxError on broken chunks and ValueError on some bad headers.
     except (OSError, SyntaxError, ValueError):
-        return None, None, UNREADABLE_IMAGE
+        return None, UNREADABLE_IMAGE
+
+
+def hash_image_bytes(data: bytes, draft: bool = True) -> tuple[int | None, str]:
+    """(pHash, OK) of an encoded image, or (None, reason) if it cannot be decoded (eval images: no frame check)."""
+    image, status = decode_for_hash(data, draft)
+    return (None if image is None else phash_of_image(image)), status
+
+
+def image_hashes(data: bytes, draft: bool = True) -> tuple[int | None, int | None, str]:
+    """(pHash, pHash inside its uniform frame or None if it has no frame, OK), or (None, None, reason)."""
+    image, status = decode_for_hash(data, draft)
+    if image is None:
+        return None, None, status
+    return phash_of_image(image), trimmed_phash(image), status
 
 
 def trimmed_phash(image: Image.Image) -> int | None:

@@ -44,7 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from pipeline import beamrun, manifest, wikicore, wikidump, wikitext
-from pipeline.beamio import bucket_of  # stable across processes, unlike hash()
+from pipeline.beamio import add_counts, bucket_of  # bucket_of: stable across processes, unlike hash()
 from pipeline.records import QUERY_LIST_HEADER
 from pipeline.text import is_query_token, normalize_entry
 
@@ -218,16 +218,6 @@ class CountSplitWordsFn(beam.DoFn):
         for b, (unigrams, bigrams) in sorted(by_bucket.items()):
             yield TaggedOutput("tokens", sum(unigrams.values()))
             yield b, (unigrams, bigrams)
-
-
-def add_counts(acc: dict, part: dict) -> dict:
-    """acc += part, key by key."""
-    if not acc:
-        return dict(part)   # a C-speed copy: with one split per bucket this is all the merging there is
-    get = acc.get
-    for k, c in part.items():
-        acc[k] = get(k, 0) + c
-    return acc
 
 
 class MergeBucketCountsFn(beam.CombineFn):
