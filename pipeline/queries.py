@@ -21,7 +21,10 @@ with identical results to the Python reference in `wikitext`/`text`, see pipelin
 one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
 element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
 cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
-the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Measured: BENCHMARKS.md, "Stage 1".
+the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Titles travel as one list per split, WordNet as
+one element per file, and every source hands its candidates to the merge as (bucket of the query,
+[(query, candidate)]) lists: one GroupByKey merges each bucket's queries, one global combine keeps the
+first `--max-entries`. Measured: BENCHMARKS.md, "Stage 1".
 
 Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wordnet data/wordnet-3.0 \
         --out queries/enwiki [--runner=... any Beam options]
@@ -30,6 +33,7 @@ Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wo
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
 import math
@@ -145,6 +149,28 @@ def rank_key(row: tuple) -> tuple:
     return PRIORITY[sources.split(",", 1)[0]], -rank_value, query
 
 
+TITLE_CANDIDATE = ("title", None, None, 0)       # (source, count, pmi, rank value), as merge_candidates reads it
+WORDNET_CANDIDATE = ("wordnet", None, None, 0)
+
+
+def bucket_candidates(pairs: Iterable[tuple[str, tuple]], buckets: int) -> Iterator[tuple[int, list]]:
+    """(query, candidate) pairs -> (bucket_of(query), [pairs]) lists, so that the candidates of one query
+    from every source meet in one bucket."""
+    by_bucket: dict[int, list] = {}
+    for pair in pairs:
+        by_bucket.setdefault(bucket_of(pair[0], buckets), []).append(pair)
+    return iter(sorted(by_bucket.items()))
+
+
+def merge_bucket(candidate_lists: Iterable[list], n: int) -> list[tuple]:
+    """The [(query, candidate)] lists of one bucket -> its first n merged rows, sorted by `rank_key`."""
+    by_query: dict[str, dict] = {}
+    for pairs in candidate_lists:
+        for query, candidate in pairs:
+            by_query.setdefault(query, {})[candidate] = None   # a title read twice is one candidate
+    return heapq.nsmallest(n, (merge_candidates(q, c) for q, c in by_query.items()), key=rank_key)
+
+
 def format_rows(rows: list[tuple]) -> str:
     lines = ["\t".join(QUERY_LIST_HEADER) + "\n"]
     for qid, (query, sources, count, pmi, _) in enumerate(rows):
@@ -165,9 +191,18 @@ def source_stats(rows: list[tuple]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # Beam
+#
+# Beam's cost is per element and per transform (FnApiRunner: a few microseconds per element and step,
+# and tens of milliseconds per transform to build and fuse the pipeline), so the stage moves few, fat
+# elements: per split one list of titles and one count dict pair per hash bucket; per bucket one list of
+# candidates. Queries are merged by the bucket of the query, so no element is ever one word or one title.
 
 class CountSplitWordsFn(beam.DoFn):
-    """Read one split's pages, count its tokens and bigrams, emit bucketed count dicts and titles."""
+    """Read one split's pages, count its tokens and bigrams, emit bucketed count dicts and titles.
+
+    Main output: (bucket, ({word: n}, {(a, b): n})); "tokens": the split's word tokens (one int);
+    "titles": the split's article titles (one list). Page counters are added once per split.
+    """
 
     def __init__(self, buckets: int, max_keys: int):
         self.buckets, self.max_keys = buckets, max_keys
@@ -180,44 +215,52 @@ class CountSplitWordsFn(beam.DoFn):
             wikitext.NOT_ARTICLE, wikitext.REDIRECT, wikitext.MALFORMED_PAGE, wikitext.EMPTY_TEXT,
             wikitext.TRUNCATED_STREAM, wikitext.CORRUPT_STREAM)}
 
-    def _reject(self, reason: str):
-        self.read.inc()
-        self.rejected[reason].inc()
-
     def process(self, split: wikidump.WikiSplit):
         counter = wikicore.new_split_counter()
+        titles: list[str] = []
+        rejected: Counter = Counter()
+        tokens = 0
         try:
             for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
                 try:
                     page = wikicore.parse_page_block(block)
                 except ValueError as e:
                     log.warning("%s@%d: %s", split.path, split.start, e)
-                    self._reject(wikitext.MALFORMED_PAGE)
+                    rejected[wikitext.MALFORMED_PAGE] += 1
                     continue
                 reason = page_reject_reason(page)
                 if reason is None and counter.add_page(page.text) == 0:
                     reason = wikitext.EMPTY_TEXT
                 if reason:
-                    self._reject(reason)
+                    rejected[reason] += 1
                     continue
-                self.read.inc()
-                self.kept.inc()
-                yield TaggedOutput("titles", page.title)
+                titles.append(page.title)
                 if counter.distinct_bigrams > self.max_keys:  # bound a worker's memory on a huge unsplit file
-                    yield from self._emit(counter)
+                    for part in bucket_parts(counter, self.buckets):
+                        tokens += sum(part[1][0].values())
+                        yield part
         except wikitext.TruncatedInput as e:
             log.warning("%s@%d: %s; pages before it are kept", split.path, split.start, e)
-            self._reject(e.reason)
-        yield from self._emit(counter)
+            rejected[e.reason] += 1
+        for part in bucket_parts(counter, self.buckets):
+            tokens += sum(part[1][0].values())
+            yield part
+        self.read.inc(len(titles) + sum(rejected.values()))
+        self.kept.inc(len(titles))
+        for reason, n in rejected.items():
+            self.rejected[reason].inc(n)
+        yield TaggedOutput("tokens", tokens)
+        if titles:
+            yield TaggedOutput("titles", titles)
 
-    def _emit(self, counter):
-        by_bucket: dict[int, list[dict]] = {}
-        for kind, b, part in counter.parts(self.buckets, bucket_of):
-            by_bucket.setdefault(b, [{}, {}])[kind == "bi"] = part
-        counter.clear()
-        for b, (unigrams, bigrams) in sorted(by_bucket.items()):
-            yield TaggedOutput("tokens", sum(unigrams.values()))
-            yield b, (unigrams, bigrams)
+
+def bucket_parts(counter, buckets: int) -> list[tuple[int, tuple[dict, dict]]]:
+    """A SplitCounter's counts as (bucket, ({word: n}, {(a, b): n})) parts, sorted by bucket; clears it."""
+    by_bucket: dict[int, list[dict]] = {}
+    for kind, b, part in counter.parts(buckets, bucket_of):
+        by_bucket.setdefault(b, [{}, {}])[kind == "bi"] = part
+    counter.clear()
+    return [(b, (unigrams, bigrams)) for b, (unigrams, bigrams) in sorted(by_bucket.items())]
 
 
 class MergeBucketCountsFn(beam.CombineFn):
@@ -241,13 +284,15 @@ class MergeBucketCountsFn(beam.CombineFn):
 
 
 class CountWikipediaWords(beam.PTransform):
-    """splits -> {bucket_counts: (bucket, ({word: n}, {(a, b): n})), total: word tokens, titles: str}.
+    """splits -> {bucket_counts: (bucket, ({word: n}, {(a, b): n})), total: word tokens, titles: [str]}.
 
     Counts stay in per-bucket dicts all the way: a bucket is one element, so Beam's per-element cost is
     paid a few times per bucket instead of once per distinct word or bigram. A bigram lives in the
     bucket of its first word, which is also where that word's unigram count is, so one shuffle brings
     together what the first PMI join needs (a word's and its bigrams' counts). The token total travels
     apart, as one int per split, so that it is ready as a side input when the merged buckets are.
+    Titles come as one list per split. `beam.Create` already spreads several splits over workers (it
+    reshuffles when it has more than one element), so there is no Reshuffle of our own.
     """
 
     def __init__(self, buckets: int, max_keys: int):
@@ -255,12 +300,11 @@ class CountWikipediaWords(beam.PTransform):
         self.buckets, self.max_keys = buckets, max_keys
 
     def expand(self, splits):
-        parts = (splits
-                 | "SpreadSplits" >> beam.Reshuffle()
-                 | "CountSplitWords" >> beam.ParDo(CountSplitWordsFn(self.buckets, self.max_keys))
-                 .with_outputs("tokens", "titles", main="parts"))
+        parts = splits | "CountSplitWords" >> beam.ParDo(CountSplitWordsFn(self.buckets, self.max_keys)).with_outputs(
+            "tokens", "titles", main="parts")
         return {"bucket_counts": parts.parts | "MergeBucketParts" >> beam.CombinePerKey(MergeBucketCountsFn()),
-                "total": parts.tokens | "TotalTokens" >> beam.CombineGlobally(sum),
+                # every split emits its total, so the sum exists without CombineGlobally's default-value steps
+                "total": parts.tokens | "TotalTokens" >> beam.CombineGlobally(sum).without_defaults(),
                 "titles": parts.titles}
 
 
@@ -283,23 +327,38 @@ def attach_first_counts(bucket_counts: tuple, buckets: int, min_count: int, tota
     moves a small fraction of the bigrams instead of every one.
     """
     _, (unigrams, bigrams) = bucket_counts
+    floor = min_pmi - PMI_BOUND_SLACK
+    # the bound depends on c(a) alone: decide once per word, not once per bigram
+    firsts = {a for a, n_a in unigrams.items() if max_pmi_with_first(n_a, total) >= floor}
     out: dict[int, dict] = {}
     b_bucket: dict[str, int] = {}   # blake2b once per distinct second word, not once per bigram
     for (a, b), n_ab in bigrams.items():
-        n_a = unigrams[a]
-        if n_ab < min_count or max_pmi_with_first(n_a, total) < min_pmi - PMI_BOUND_SLACK:
+        if n_ab < min_count or a not in firsts:
             continue
         if (bucket := b_bucket.get(b)) is None:
             bucket = b_bucket[b] = bucket_of(b, buckets)
-        out.setdefault(bucket, {})[(a, b)] = (n_ab, n_a)
+        out.setdefault(bucket, {})[(a, b)] = (n_ab, unigrams[a])
     yield from sorted(out.items())
 
 
+def route_to_second_word(bucket_counts: tuple, buckets: int, min_count: int, total: int,
+                         min_pmi: float) -> Iterator[tuple[int, tuple[str, dict]]]:
+    """Bucket of a's -> its unigrams to itself and its bigram parts to the buckets of their b's."""
+    yield bucket_counts[0], ("unigrams", bucket_counts[1][0])
+    for bucket, part in attach_first_counts(bucket_counts, buckets, min_count, total, min_pmi):
+        yield bucket, ("bigrams", part)
+
+
 def score_bucket(joined: tuple, total: int, min_pmi: float) -> Iterator[tuple[str, tuple]]:
-    """Bucket of b's: {(a, b): (n_ab, n_a)} + {b: n_b} -> bigram candidates with PMI >= min_pmi."""
-    _, groups = joined
-    unigrams = groups["unigrams"][0] if groups["unigrams"] else {}
-    for part in groups["bigrams"]:
+    """Bucket of b's: {b: n_b} + parts {(a, b): (n_ab, n_a)} -> bigram candidates with PMI >= min_pmi."""
+    _, tagged = joined
+    unigrams, parts = {}, []
+    for tag, counts in tagged:
+        if tag == "unigrams":
+            unigrams = counts
+        else:
+            parts.append(counts)
+    for part in parts:
         for (a, b), (n_ab, n_a) in part.items():
             pmi = bigram_pmi(n_ab, n_a, unigrams[b], total)
             if pmi >= min_pmi:
@@ -307,11 +366,12 @@ def score_bucket(joined: tuple, total: int, min_pmi: float) -> Iterator[tuple[st
 
 
 class ScoreBigrams(beam.PTransform):
-    """(bucket_counts, total) -> bigram candidates with PMI >= min_pmi.
+    """(bucket_counts, total) -> bigram candidates with PMI >= min_pmi, as (bucket, [(query, candidate)]).
 
     PMI needs the counts of both words. Two bucket-level joins attach them (first word: same bucket;
-    second word: re-bucketed), so no worker holds the whole vocabulary as a side input. The first join
-    already drops the bigrams that cannot reach min_pmi whatever their second word.
+    second word: re-bucketed, one GroupByKey of the unigram dicts and the bigram parts), so no worker holds
+    the whole vocabulary as a side input. The first join already drops the bigrams that cannot reach
+    min_pmi whatever their second word.
     """
 
     def __init__(self, buckets: int, min_count: int, min_pmi: float):
@@ -320,29 +380,42 @@ class ScoreBigrams(beam.PTransform):
 
     def expand(self, pcolls):
         bucket_counts, total = pcolls
-        unigram_buckets = bucket_counts | "UnigramsOfBucket" >> beam.MapTuple(lambda b, counts: (b, counts[0]))
-        with_first = bucket_counts | "AttachFirstCounts" >> beam.FlatMap(
-            attach_first_counts, self.buckets, self.min_count, total=beam.pvalue.AsSingleton(total),
-            min_pmi=self.min_pmi)
-        return ({"unigrams": unigram_buckets, "bigrams": with_first}
-                | "JoinSecondWord" >> beam.CoGroupByKey()
-                | "KeepHighPmi" >> beam.FlatMap(score_bucket, total=beam.pvalue.AsSingleton(total),
-                                                min_pmi=self.min_pmi))
+        buckets, min_pmi = self.buckets, self.min_pmi
+        return (bucket_counts
+                | "RouteToSecondWord" >> beam.FlatMap(route_to_second_word, buckets, self.min_count,
+                                                      total=beam.pvalue.AsSingleton(total), min_pmi=min_pmi)
+                | "JoinSecondWord" >> beam.GroupByKey()
+                | "KeepHighPmi" >> beam.FlatMap(lambda joined, total: bucket_candidates(
+                    score_bucket(joined, total, min_pmi), buckets), total=beam.pvalue.AsSingleton(total)))
+
+
+def unigram_candidates(bucket_counts: tuple, min_count: int) -> Iterator[tuple[int, list]]:
+    """Bucket of words -> its words with count >= min_count, as one candidate list of the same bucket
+    (a word's count bucket is bucket_of(word), the bucket its query merges in)."""
+    bucket, (unigrams, _) = bucket_counts
+    frequent = [(w, ("unigram", n, None, n)) for w, n in unigrams.items() if n >= min_count]
+    if frequent:
+        yield bucket, frequent
+
+
+def title_candidates(titles: list[str], buckets: int) -> Iterator[tuple[int, list]]:
+    """A split's article titles -> (bucket, [(entry, title candidate)]) lists."""
+    return bucket_candidates(((e, TITLE_CANDIDATE) for t in titles if (e := title_to_entry(t))), buckets)
 
 
 class SelectTitles(beam.PTransform):
-    """Article titles -> title candidates; with page views, only titles viewed >= min_views times."""
+    """Lists of article titles -> title candidate lists; with page views, only titles viewed >= min_views times."""
 
-    def __init__(self, pageviews: str | None, min_views: int):
+    def __init__(self, pageviews: str | None, min_views: int, buckets: int):
         super().__init__()
-        self.pageviews, self.min_views = pageviews, min_views
+        self.pageviews, self.min_views, self.buckets = pageviews, min_views, buckets
 
-    def expand(self, titles):
-        entries = titles | "TitleToEntry" >> beam.FlatMap(lambda t: [e] if (e := title_to_entry(t)) else [])
-        if not self.pageviews:
-            return entries | "DistinctTitles" >> beam.Distinct() | "AsTitleCandidate" >> beam.Map(
-                lambda e: (e, ("title", None, None, 0)))
+    def expand(self, title_lists):
+        buckets = self.buckets
+        if not self.pageviews:   # duplicates merge with the other candidates of their query
+            return title_lists | "TitleCandidates" >> beam.FlatMap(title_candidates, buckets)
         min_views = self.min_views
+        entries = title_lists | "TitleToEntry" >> beam.FlatMap(lambda ts: [e for t in ts if (e := title_to_entry(t))])
         views = (entries.pipeline
                  | "ReadPageviews" >> beam.io.ReadFromText(self.pageviews)
                  | "ParsePageviews" >> beam.FlatMap(_parse_pageviews_counted)
@@ -354,7 +427,7 @@ class SelectTitles(beam.PTransform):
             entry, groups = kv
             total = sum(groups["views"])
             if groups["article"] and total >= min_views:
-                yield entry, ("title", total, None, total)
+                yield bucket_of(entry, buckets), [(entry, ("title", total, None, total))]
 
         return {"article": keyed, "views": views} | "JoinViews" >> beam.CoGroupByKey() | "KeepViewed" >> beam.FlatMap(viewed)
 
@@ -370,14 +443,26 @@ def _parse_pageviews_counted(line: str):
         yield parsed
 
 
-def _wordnet_lemmas(line: str):
-    try:
-        lemma = wordnet_head_lemma(line)
-    except ValueError:
-        beamrun.counter(NS, "wordnet_lines_bad").inc()
-        return
-    if lemma:
-        yield lemma
+def wordnet_candidates(path: str, buckets: int) -> Iterator[tuple[int, list]]:
+    """One WordNet data file -> (bucket, [(lemma, wordnet candidate)]) lists.
+
+    The file is read whole (data.noun, the largest, is 15 MB): one element per file instead of one per
+    line. Lines split as Beam's ReadFromText splits them ('\\n' or '\\r\\n'), decoded as strict UTF-8.
+    """
+    with FileSystems.open(path) as f:
+        lines = f.read().decode("utf-8").split("\n")
+    lemmas, bad = [], 0
+    for line in lines:
+        try:
+            lemma = wordnet_head_lemma(line)
+        except ValueError:
+            bad += 1
+            continue
+        if lemma:
+            lemmas.append((lemma, WORDNET_CANDIDATE))
+    if bad:
+        beamrun.counter(NS, "wordnet_lines_bad").inc(bad)
+    return bucket_candidates(lemmas, buckets)
 
 
 def write_query_list(rows: list[tuple], out_dir: str) -> None:
@@ -393,8 +478,46 @@ def write_query_list(rows: list[tuple], out_dir: str) -> None:
         FileSystems.rename([tmp], [final])
 
 
+class KeepTopRowsFn(beam.CombineFn):
+    """Lists of merged rows -> the first n of all of them in `rank_key` order.
+
+    Rows are collected unsorted and sorted once at the end (and whenever more than 2n are held, to bound
+    memory): Timsort with one `rank_key` call per row, instead of a Python-level merge per list.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, rows):
+        acc.extend(rows)
+        return self._first_n(acc) if len(acc) > 2 * self.n else acc
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        acc = next(accs)
+        for other in accs:
+            acc = self.add_input(acc, other)
+        return acc
+
+    def extract_output(self, acc):
+        return self._first_n(acc)
+
+    def _first_n(self, rows):
+        rows.sort(key=rank_key)
+        del rows[self.n:]
+        return rows
+
+
 class BuildQueryList(beam.PTransform):
-    """The whole stage: splits (+ WordNet files, page views) -> the merged, ranked query list on disk."""
+    """The whole stage: splits (+ WordNet files, page views) -> the merged, ranked query list on disk.
+
+    Every source gives (bucket of the query, [(query, candidate)]) lists; one GroupByKey brings each
+    query's candidates together, each bucket keeps its first max_entries rows, and one global combine
+    keeps the first max_entries of those.
+    """
 
     def __init__(self, args: argparse.Namespace):
         super().__init__()
@@ -403,26 +526,27 @@ class BuildQueryList(beam.PTransform):
     def expand(self, splits):
         a = self.args
         counts = splits | "CountWikipediaWords" >> CountWikipediaWords(a.count_buckets, a.max_keys_per_worker)
-        min_unigram = a.min_unigram_count
         unigrams = counts["bucket_counts"] | "KeepFrequentWords" >> beam.FlatMap(
-            lambda kv: [(w, ("unigram", n, None, n)) for w, n in kv[1][0].items() if n >= min_unigram])
+            unigram_candidates, a.min_unigram_count)
         bigrams = ((counts["bucket_counts"], counts["total"])
                    | "ScoreBigrams" >> ScoreBigrams(a.count_buckets, a.min_bigram_count, a.min_pmi))
-        titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews)
+        titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews, a.count_buckets)
         candidates = [unigrams, bigrams, titles]
         if a.wordnet:
-            wordnet = (splits.pipeline
-                       | "ListWordNetFiles" >> beam.Create([FileSystems.join(a.wordnet, f) for f in WORDNET_FILES])
-                       | "ReadWordNet" >> beam.io.ReadAllFromText()
-                       | "HeadLemmas" >> beam.FlatMap(_wordnet_lemmas)
-                       | "AsWordNetCandidate" >> beam.Map(lambda e: (e, ("wordnet", None, None, 0))))
-            candidates.append(wordnet)
+            wordnet_files = [FileSystems.join(a.wordnet, f) for f in WORDNET_FILES]
+            candidates.append(splits.pipeline
+                              | "ListWordNetFiles" >> beam.Create(wordnet_files)
+                              | "WordNetCandidates" >> beam.FlatMap(wordnet_candidates, a.count_buckets))
+        # The token total is one element in every run: an empty candidate list keyed on it makes sure the
+        # list is written even when no source has a candidate. (CombineGlobally's own default would pass
+        # the whole list through a side input, which Beam's state cache then weighs object by object.)
+        candidates.append(counts["total"] | "NoCandidate" >> beam.Map(lambda _: (0, [])))
         out_dir, n = a.out, a.max_entries
         return (candidates
                 | "AllCandidates" >> beam.Flatten()
-                | "GroupByQuery" >> beam.GroupByKey()
-                | "MergeSources" >> beam.MapTuple(merge_candidates)
-                | "TopEntries" >> beam.combiners.Top.Of(n, key=rank_key, reverse=True)
+                | "GroupByBucket" >> beam.GroupByKey()
+                | "MergeSources" >> beam.Map(lambda kv: merge_bucket(kv[1], n))
+                | "TopEntries" >> beam.CombineGlobally(KeepTopRowsFn(n)).without_defaults()
                 | "WriteQueryList" >> beam.Map(write_query_list, out_dir))
 
 

@@ -1,6 +1,7 @@
 """Stage 1 (queries): pure functions, transforms on beam.Create data, end-to-end runs, bad input."""
 
 import bz2
+import io
 import json
 import math
 from collections import Counter
@@ -90,6 +91,49 @@ def test_merge_candidates_priority_and_fields():
     assert [r[0] for r in sorted(rows, key=Q.rank_key)] == ["z", "c", "a", "b", "x"]
 
 
+def test_merge_bucket_joins_the_candidates_of_a_query_from_every_source():
+    unigram, title = ("unigram", 9, None, 9), Q.TITLE_CANDIDATE
+    lists = [[("city", unigram), ("town", ("unigram", 3, None, 3))],
+             [("city", title), ("Zebra", title)], [("city", title)],      # a title read by two splits
+             [("city", Q.WORDNET_CANDIDATE)], []]
+    rows = Q.merge_bucket(lists, n=10)
+    assert rows == [("city", "wordnet,unigram,title", 9, None, 0), ("town", "unigram", 3, None, 3),
+                    ("Zebra", "title", None, None, 0)]
+    assert Q.merge_bucket(lists, n=2) == rows[:2]
+
+
+def test_bucket_candidates_puts_a_query_in_the_bucket_of_its_text():
+    pairs = [(q, Q.TITLE_CANDIDATE) for q in ("a", "b", "c", "d", "e", "a")]
+    buckets = list(Q.bucket_candidates(pairs, 3))
+    assert [b for b, _ in buckets] == sorted(b for b, _ in buckets)
+    assert sorted(p for _, ps in buckets for p in ps) == sorted(pairs)
+    assert all(Q.bucket_of(q, 3) == b for b, ps in buckets for q, _ in ps)
+
+
+@given(st.lists(st.lists(st.tuples(st.text("abc", max_size=3), st.integers(0, 5)), max_size=8), max_size=6),
+       st.integers(1, 6))
+def test_keep_top_rows_is_the_first_n_of_all_rows_in_rank_order(lists, n):
+    rows_lists = [[(q, "unigram", c, None, c) for q, c in rows] for rows in lists]
+    fn = Q.KeepTopRowsFn(n)
+    accs = []
+    for i in range(0, len(rows_lists), 2):   # two inputs per accumulator, then merged
+        acc = fn.create_accumulator()
+        for rows in rows_lists[i:i + 2]:
+            acc = fn.add_input(acc, list(rows))
+        accs.append(acc)
+    merged = fn.merge_accumulators(accs) if accs else fn.create_accumulator()
+    everything = sorted((r for rows in rows_lists for r in rows), key=Q.rank_key)
+    assert fn.extract_output(merged) == everything[:n]
+
+
+def test_wordnet_candidates_read_a_file_as_text_lines(tmp_path):
+    path = tmp_path / "data.noun"
+    path.write_bytes(b"  1 licence header\r\n00001740 03 n 01 entity 0 003 | that which is\r\n"
+                     b"garbage line\n00001741 03 n 01 New_York 0 000 | city")   # no final newline
+    pairs = [p for _, ps in Q.wordnet_candidates(str(path), 4) for p in ps]
+    assert sorted(pairs) == [("entity", Q.WORDNET_CANDIDATE), ("new york", Q.WORDNET_CANDIDATE)]
+
+
 def test_split_counts_keeps_word_tokens_and_bigrams_of_words_only():
     uni = Counter({"New": 2, "York": 2, ",": 1, "(born": 1})
     bi = Counter({("New", "York"): 2, ("York", ","): 1, (",", "New"): 1})
@@ -122,6 +166,53 @@ def test_truncated_bz2_raises_truncated_input(tmp_path):
         list(wikidump.read_split_text(wikidump.WikiSplit(str(dump), bz2=True)))
 
 
+def _bz2_cases():
+    texts = [" ".join(f"s{i}w{j * 7919 % 100_003}" for j in range(30_000)).encode() for i in range(4)]
+    streams = [bz2.compress(t) for t in texts]   # ~60 KB each: a cut inside a stream stays inside it
+    good = b"".join(streams)
+    s0 = len(streams[0])
+    flipped = bytearray(good)
+    flipped[s0 + 200] ^= 0xFF
+    return {"good": good, "truncated": good[:-40], "cut_in_stream": good[:s0 + 1000],
+            "garbage_between_streams": good[:s0] + b"garbage!" + good[s0:], "trailing_garbage": good + b"\n\n",
+            "bit_flip": bytes(flipped), "not_bz2": b"hello", "empty": b""}, [0, s0, s0 + len(streams[1])], texts
+
+
+def _decompress(data, fast, start=0, end=None):
+    out = bytearray()
+    try:
+        for chunk in wikidump.decompress_bz2_range(io.BytesIO(data), start, end, fast=fast):
+            out += chunk
+    except (wikitext.TruncatedInput, wikitext.CorruptInput) as e:
+        return bytes(out), type(e).__name__
+    return bytes(out), None
+
+
+@pytest.mark.parametrize("case", list(_bz2_cases()[0]))
+def test_fast_bz2_path_gives_the_bytes_and_errors_of_python_bz2(case):
+    pytest.importorskip("indexed_bzip2")
+    data = _bz2_cases()[0][case]
+    fast, reference = _decompress(data, fast=True), _decompress(data, fast=False)
+    assert fast == reference
+    assert (reference[1] is None) == (case in ("good", "empty"))
+
+
+def test_fast_bz2_path_reads_a_range_of_streams():
+    pytest.importorskip("indexed_bzip2")
+    cases, offsets, texts = _bz2_cases()
+    good = cases["good"]
+    middle = _decompress(good, fast=True, start=offsets[1], end=offsets[2])
+    assert middle == _decompress(good, fast=False, start=offsets[1], end=offsets[2])
+    assert middle == (texts[1], None)
+
+
+def test_stdlib_bz2_alone_without_the_optional_decoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(wikidump, "indexed_bzip2", None)
+    cases = _bz2_cases()[0]
+    assert _decompress(cases["good"], fast=True) == _decompress(cases["good"], fast=False)
+    assert _decompress(cases["truncated"], fast=True)[1] == "TruncatedInput"
+
+
 # ------------------------------------------------------------------ transforms
 
 def _unigram_items(kv):
@@ -142,7 +233,8 @@ def test_count_wikipedia_words_transform(tmp_path):
         ny = (out["bucket_counts"] | "B" >> beam.FlatMap(_bigram_items)
               | "SomeBigrams" >> beam.Filter(lambda kv: kv[0] in (("New", "York"), ("city", "The"))))
         assert_that(ny, equal_to([(("New", "York"), 2)]), label="Bigrams")   # "city . The" spans a sentence
-        assert_that(out["titles"], equal_to(["New York City", "Paris (city)", "Zebra"]), label="Titles")
+        # titles: one list per split
+        assert_that(out["titles"], equal_to([["New York City", "Paris (city)", "Zebra"]]), label="Titles")
         reference = wikicore.PySplitCounter()
         for article in ARTICLES[:3]:   # the three articles (not the talk page, not the redirect)
             reference.add_page(article["text"])
@@ -164,7 +256,8 @@ def test_score_bigrams_transform_joins_counts_across_buckets():
         out = (bucket_counts, n) | Q.ScoreBigrams(buckets=k, min_count=2, min_pmi=2.0)
         pmi = Q.bigram_pmi(4, 5, 8, total)
         assert pmi == pytest.approx(math.log2(4 * 100 / 40))
-        expected = [("New York", ("bigram", 4, pmi, pmi))]   # "the city": log2(4*100/2000) < 2
+        # "the city": log2(4*100/2000) < 2; candidates come as one list per bucket of the query
+        expected = [(Q.bucket_of("New York", k), [("New York", ("bigram", 4, pmi, pmi))])]
         assert_that(out, equal_to(expected))
 
 
@@ -202,6 +295,13 @@ def test_max_entries_truncates_lowest_priority_first(tmp_path):
     assert {r[2] for r in everything[:3]} == {"unigram"} and everything[-1][2] == "title"
     counts = [int(r[3]) for r in everything[:3]]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_a_dump_without_articles_still_writes_an_empty_list(tmp_path):
+    dump = write_dump(tmp_path / "d.xml", [a for a in ARTICLES if a.get("redirect") or a.get("ns")])
+    m = run_stage(tmp_path, ["--dump", str(dump)])
+    assert read_rows(tmp_path / "out" / "queries.tsv") == []
+    assert m["sources"]["entries"] == 0 and m["counters"]["kept"] == 0 and m["counters"]["read"] == 2
 
 
 def test_pageviews_filter_titles(tmp_path):
