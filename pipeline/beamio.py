@@ -18,12 +18,14 @@ counts included.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from typing import Any, Callable, Iterable
 
 import apache_beam as beam
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -36,6 +38,20 @@ def bucket_of(key: str, n_buckets: int) -> int:
     """Bucket 0..n-1 of a string key, the same on every worker (blake2b, not Python's salted hash())."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return (int.from_bytes(digest, "big") * n_buckets) >> 64
+
+
+def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
+    """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: one digest per key in a comprehension, the
+    arithmetic in numpy. (h * n) >> 64 is computed on the two 32-bit halves of h, exactly, for n < 2**31:
+    (hi * n + ((lo * n) >> 32)) >> 32, with every term below 2**64."""
+    if not 0 < n_buckets < 2**31:
+        raise ValueError(f"n_buckets must be in [1, 2**31), got {n_buckets}")
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest() for key in keys])
+    h = np.frombuffer(digests, dtype=">u8").astype(np.uint64)
+    n = np.uint64(n_buckets)
+    hi, lo = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF)
+    return ((hi * n + ((lo * n) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
 
 
 def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:
@@ -127,9 +143,11 @@ def write_counts_tsv(path: str, queries: list[str], columns: dict[str, dict[int,
     tmp = f"{fs_path}.tmp"
     with fs.open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(("query_id", "query", *columns)) + "\n")
-        # one write call for all rows: fsspec's per-call overhead more than doubled the time for 412k queries
-        f.write("".join("\t".join((str(qid), query, *(str(c.get(qid, 0)) for c in columns.values()))) + "\n"
-                        for qid, query in enumerate(queries)))
+        # One write call for all rows (fsspec's per-call overhead more than doubled the time for 412k queries),
+        # built column by column with C-level maps: 0.2 s instead of 1 s for 412k queries.
+        ids = range(len(queries))
+        counts = [map(str, map(c.get, ids, itertools.repeat(0))) for c in columns.values()]
+        f.write("".join(line + "\n" for line in map("\t".join, zip(map(str, ids), queries, *counts))))
     fs.mv(tmp, fs_path)
     return path
 

@@ -28,16 +28,21 @@ the first failing check names the row's reject reason:
 
 Beam layout. The first design (one element per row, a GroupByKey per row on the URL, Beam's parquet writer)
 ran end to end at 0.29x the rate of its own per-row function (4.8k vs 16.5k captions/s, bench_match): Beam's
-per-element cost dominated. Now elements are batches:
+per-element cost dominated. Now elements are batches, and inside a batch the work is column-wise:
   - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges; `--split-bytes`)
-    so one huge file is read by many workers; a range is read in batches of BATCH_ROWS rows;
-  - steps 1-5 judge a whole batch per element (LID as one fastText call per batch), and each batch's
-    survivors and rejects are split by bucket (`beamio.bucket_of`, `--buckets` buckets: the URL for
-    survivors, the source for rejects) into Arrow tables, which Beam moves as a few buffers;
-  - one GroupByKey on the bucket (B keys, a few elements per batch, instead of one key per row) brings all
-    rows with one URL together; step 6 runs inside the bucket with Arrow sorts, and the bucket is written as
-    one part file sorted by uid (plus its rejected part, sorted by source). Every bucket is written, empty
-    ones too, so the next stage always finds files.
+    so one huge file is read by many workers; a range is read in `pool.RowBatch`es of BATCH_ROWS rows, a list
+    per column (parquet straight from Arrow, never a dict per row);
+  - steps 1-5 judge a whole batch per element (`judge_batch`): one Python loop for the cheap checks, then one
+    Aho-Corasick call over all the batch's spaced captions (`QueryMatcher.match_spaced`), one LID call over
+    the captions that matched, one comprehension for the uids; reasons are counted per batch, not per row;
+  - the survivors and rejects of SEND_ROWS rows (several batches) are split by bucket (`beamio.buckets_of`,
+    `--buckets` buckets: the URL for survivors, the source for rejects) into Arrow tables, sent as Arrow IPC
+    bytes (a few buffers per part; a pickled table costs a fixed ~0.3 ms, IPC ~0.05 ms);
+  - one GroupByKey on the bucket (B keys, a few elements per SEND_ROWS rows, instead of one key per row)
+    brings all rows with one URL together; step 6 runs inside the bucket with Arrow sorts, and the bucket is
+    written as one part file sorted by uid (plus its rejected part, sorted by source). Every bucket is
+    written, empty ones too, so the next stage always finds files.
+bench/bench_match.py measures the stage function and the whole stage against bare pyahocorasick matching.
 Every row read ends kept or rejected with one reason; Beam counters feed the manifest (read = kept + rejected).
 
 Run:  python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --caption-col TEXT \\
@@ -50,9 +55,12 @@ Run:  python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --capt
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import html
 import itertools
 import logging
+import operator
 import re
 import sys
 import time
@@ -62,14 +70,16 @@ from typing import Any, Iterable
 import ahocorasick
 import apache_beam as beam
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import beamio, lid, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_manifest
-from pipeline.records import QueryListError, load_query_list, matched_schema, uid_of
-from pipeline.text import spacing
+from pipeline.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
+from pipeline.text import spacing, spacing_of_normalized
 
 STAGE = "match"
 
@@ -114,9 +124,11 @@ def normalize_caption(text: str) -> str:
 
 def raw_row_reason(row: dict[str, Any]) -> str | None:
     """Why a raw pool row cannot become a candidate at all, or None."""
-    if row.get("reason"):
-        return row["reason"]
-    url, caption = row["url"], row["caption"]
+    return row.get("reason") or raw_values_reason(row["url"], row["caption"])
+
+
+def raw_values_reason(url: Any, caption: Any) -> str | None:
+    """Why a parsed row's url and caption cannot become a candidate at all, or None."""
     if url is None or url == "":
         return MISSING_URL
     if caption is None:
@@ -158,7 +170,7 @@ DEFAULT_MATCHER = "pyahocorasick"  # the design's named library; bench/bench_mat
 
 
 class QueryMatcher:
-    """All queries whose spaced form occurs in a caption's spaced form: one Aho-Corasick pass.
+    """All queries whose spaced form occurs in a caption's spaced form: one Aho-Corasick pass per batch.
 
     Entries are stored as `" " + query + " "`; matching them against `spacing(caption)` is exactly
     MetaCLIP's whole-token test, because spacing() separates every token by one space. Overlapping and
@@ -167,6 +179,12 @@ class QueryMatcher:
     pyahocorasick stores plain ints (STORE_INTS: ~2x less memory than Python objects); ahocorasick-rs
     (Rust) returns pattern indexes and needs several times less memory (bench/bench_match.py).
     A string listed twice (two ids) is stored once and expanded through `_also`.
+
+    A batch of captions is matched as one text, the spaced captions joined by a newline: no entry can hold
+    a newline (spacing turns it into a space, so such an entry could never match and is not stored), hence no
+    hit spans two captions, and each hit goes back to its caption by position. One library call per batch
+    instead of one per caption saves ~2 us per caption (the call, the text conversion, the iterator), and the
+    ids are grouped and sorted per caption in numpy instead of a Python set and sort per caption.
     """
 
     def __init__(self, queries: list[str], backend: str = DEFAULT_MATCHER):
@@ -177,9 +195,10 @@ class QueryMatcher:
             if key in first_id:
                 first = first_id[key]
                 self._also[first] = self._also.get(first, (first,)) + (qid,)
-            else:
+            elif _SEPARATOR not in key:  # a key with a newline never occurs in spaced text
                 first_id[key] = qid
         self.size, self.backend = len(queries), backend
+        self._keys = len(first_id)
         if backend == "pyahocorasick":
             self._automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
             for key, qid in first_id.items():
@@ -192,8 +211,9 @@ class QueryMatcher:
             except ImportError:
                 raise RuntimeError("--matcher ahocorasick-rs needs the package: pip install ahocorasick-rs") from None
 
-            # pattern index -> query id; the identity (no list kept) when no string is listed twice
-            self._ids = list(first_id.values()) if self._also else None
+            # pattern index -> query id; None for the identity (no string listed twice or left out)
+            ids = np.fromiter(first_id.values(), np.int64, len(first_id))
+            self._ids = None if np.array_equal(ids, np.arange(len(ids))) else ids
             self._rs = ahocorasick_rs.AhoCorasick(list(first_id), matchkind=ahocorasick_rs.MatchKind.Standard) \
                 if first_id else None
         else:
@@ -201,71 +221,124 @@ class QueryMatcher:
 
     def match(self, caption: str) -> list[int]:
         """Sorted query ids contained in the caption (whole tokens, case-sensitive)."""
-        if self.size == 0:
-            return []
+        return self.match_spaced([spacing(caption)])[0].as_py()
+
+    def match_spaced(self, spaced: list[str]) -> pa.ListArray:
+        """`match` of many captions given as `spacing(caption)`: per caption its sorted query ids (list<int32>)."""
+        if not self._keys:
+            return pa.ListArray.from_arrays(np.zeros(len(spaced) + 1, np.int32), pa.array([], pa.int32()))
+        text = _SEPARATOR.join(spaced)
         if self.backend == "pyahocorasick":
-            ids = {qid for _, qid in self._automaton.iter(spacing(caption))}
+            hits = list(self._automaton.iter(text))  # (index of the hit's last character, query id)
+            at = np.fromiter(map(_first, hits), np.int64, len(hits))
+            ids = np.fromiter(map(_second, hits), np.int64, len(hits))
         else:
-            found = self._rs.find_matches_as_indexes(spacing(caption), overlapping=True)
-            ids = {index for index, _, _ in found} if self._ids is None else {self._ids[i] for i, _, _ in found}
+            hits = self._rs.find_matches_as_indexes(text, overlapping=True)  # (pattern, start, end)
+            at = np.fromiter(map(_second, hits), np.int64, len(hits))
+            ids = np.fromiter(map(_first, hits), np.int64, len(hits))
+            if self._ids is not None:
+                ids = self._ids[ids]
+        # caption i spans [ends[i-1], ends[i] - 1) of the text, the separator sits at ends[i] - 1
+        ends = np.cumsum(np.fromiter(map(len, spaced), np.int64, len(spaced)) + 1)
+        pairs = np.sort((np.searchsorted(ends, at, side="right") << 32) | ids)  # (caption, query id), sorted
+        if len(pairs):
+            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]  # each query once per caption
+        offsets = np.zeros(len(spaced) + 1, np.int32)
+        np.cumsum(np.bincount(pairs >> 32, minlength=len(spaced)), out=offsets[1:])
+        found = pa.ListArray.from_arrays(offsets, (pairs & 0xFFFFFFFF).astype(np.int32))
         if self._also:
-            ids.update(x for qid in list(ids) for x in self._also.get(qid, ()))
-        return sorted(ids)
+            also = self._also
+            found = pa.array([sorted({x for qid in qids for x in also.get(qid, (qid,))}) for qids in found.to_pylist()],
+                             pa.list_(pa.int32()))
+        return found
+
+
+_SEPARATOR = "\n"  # between the spaced captions of a batch (QueryMatcher)
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def query_strings(path: str) -> list[str]:
     """The `query` column of a queries.tsv, indexed by query_id, unchecked: for workers, after `run` has checked
-    the file with `load_query_list`, whose check re-tokenizes every query (1.8 s vs 0.8 s for 412k queries)."""
+    the file once with `load_query_list` (0.2 s vs 0.7 s for 412k queries)."""
     with fsspec.open(path, "rt", encoding="utf-8", compression="infer", newline="") as f:
-        next(f)  # the header
-        return [line.rstrip("\r\n").split("\t")[1] for line in f]
+        return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 
 def candidate_record(row: dict[str, Any], matcher: QueryMatcher, min_chars: int, max_chars: int, min_words: int,
                      keep_cols: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) or (None, reject reason) for one raw pool row: steps 1-4 of the recipe."""
-    reason = raw_row_reason(row)
-    if reason:
-        return None, reason
-    url, caption = row["url"].strip(), normalize_caption(row["caption"])
-    reason = url_reason(url) or caption_reason(caption, min_chars, max_chars, min_words)
-    if reason:
-        return None, reason
-    query_ids = matcher.match(caption)
-    if not query_ids:
-        return None, NO_QUERY_MATCH
-    record = {"uid": uid_of(url, caption), "url": url, "caption": caption, "query_ids": query_ids,
-              "source": row["source"]}
-    if keep_cols:
-        meta = row.get("meta") or {}
-        record.update((col, None if meta.get(col) is None else str(meta[col])) for col in keep_cols)
-    return record, None
+    """(record, None) or (None, reject reason) for one raw pool row: steps 1-4 of the recipe (`judge_batch` of
+    one row, without LID)."""
+    judged = judge_batch(pool.RowBatch.from_rows([row], keep_cols), matcher, None, (), min_chars, max_chars,
+                         min_words, keep_cols)
+    return (None, judged.rejected[0][1]) if judged.rejected else (judged.records()[0], None)
 
 
-def judge_batch(rows: list[dict[str, Any]], matcher: QueryMatcher, identify: lid.Identifier | None,
+@dataclasses.dataclass
+class JudgedBatch:
+    """`judge_batch`'s verdicts on one RowBatch: the matched records by column (`carried_schema` order:
+    uid, url, caption, query_ids, keep_cols..., source; query_ids as a list<int32> array, the rest as lists)
+    and the rejected rows as (row index, reason)."""
+    kept: dict[str, list[Any] | pa.Array]
+    rejected: list[tuple[int, str]]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The matched records as dicts (tests, small tools)."""
+        columns = [v.to_pylist() if isinstance(v, pa.Array) else v for v in self.kept.values()]
+        return [dict(zip(self.kept, values)) for values in zip(*columns)]
+
+
+def judge_batch(batch: pool.RowBatch, matcher: QueryMatcher, identify: lid.Identifier | None,
                 languages: tuple[str, ...], min_chars: int, max_chars: int, min_words: int,
-                keep_cols: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
-    """(matched records, [(raw row, reject reason)]) for a batch of raw pool rows: steps 1-5 of the recipe.
+                keep_cols: tuple[str, ...] = ()) -> JudgedBatch:
+    """Steps 1-5 of the recipe on a batch of raw pool rows: the matched records and the rejected rows.
 
-    Language ID runs once over the batch's matched captions; `identify` answers None for "not sure", which
-    keeps the row (`--lid-min-confidence`)."""
-    matched, matched_rows, rejected = [], [], []
-    for row in rows:
-        record, reason = candidate_record(row, matcher, min_chars, max_chars, min_words, keep_cols)
+    Column-wise, each step a loop over the rows that passed the step before: the cheap checks and normalisation
+    per row, then spacing and Aho-Corasick over the survivors, language ID once over the captions that matched
+    (`identify` answers None for "not sure", which keeps the row: `--lid-min-confidence`), uids for the rows
+    kept. Rejected rows are listed in row order within each step."""
+    rejected: list[tuple[int, str]] = []
+    rows, urls, captions = [], [], []  # the candidates after steps 1-3
+    http_url = _HTTP_URL.match
+    # This loop runs once per pool row: the common case is decided inline, every other case by the functions
+    # that define the reasons (raw_values_reason, caption_reason).
+    for i, url, caption, reason in zip(itertools.count(), batch.url, batch.caption,
+                                       batch.reason or itertools.repeat(None)):
+        if not reason and (type(url) is not str or type(caption) is not str or not url):
+            reason = raw_values_reason(url, caption)
+        if not reason:
+            url = url.strip()
+            if "&" in caption or not caption.isascii():  # the rest of normalize_caption, inline
+                caption = normalize_caption(caption)
+            else:
+                caption = " ".join(caption.split())
+            if not http_url(url):
+                reason = NOT_HTTP_URL
+            elif not (caption and min_chars <= len(caption) <= max_chars and min_words <= 1):
+                reason = caption_reason(caption, min_chars, max_chars, min_words)
         if reason:
-            rejected.append((row, reason))
+            rejected.append((i, reason))
         else:
-            matched.append(record)
-            matched_rows.append(row)
-    if identify is None or not matched:
-        return matched, rejected
-    kept = []
-    for record, row, language in zip(matched, matched_rows, identify([r["caption"] for r in matched])):
-        if language is None or language in languages:
-            kept.append(record)
-        else:
-            rejected.append((row, WRONG_LANGUAGE))
-    return kept, rejected
+            rows.append(i)
+            urls.append(url)
+            captions.append(caption)
+    found = matcher.match_spaced(spacing_of_normalized(captions))  # step 4
+    n_found = found.value_lengths().to_numpy(zero_copy_only=False)
+    keep = np.flatnonzero(n_found).tolist()
+    if len(keep) < len(rows):
+        rejected += [(rows[k], NO_QUERY_MATCH) for k in np.flatnonzero(n_found == 0).tolist()]
+    if identify is not None and keep:  # step 5, only where it can change the outcome
+        found_languages = identify([captions[k] for k in keep])
+        rejected += [(rows[k], WRONG_LANGUAGE) for k, language in zip(keep, found_languages)
+                     if not (language is None or language in languages)]
+        keep = [k for k, language in zip(keep, found_languages) if language is None or language in languages]
+    kept_urls, kept_captions = [urls[k] for k in keep], [captions[k] for k in keep]
+    kept = {"uid": uids_of(kept_urls, kept_captions), "url": kept_urls, "caption": kept_captions,
+            "query_ids": found.take(pa.array(keep, pa.int32()))}
+    for col in keep_cols:
+        values = batch.meta.get(col) or [None] * len(batch)
+        kept[col] = [None if values[rows[k]] is None else str(values[rows[k]]) for k in keep]
+    kept["source"] = [batch.source[rows[k]] for k in keep]
+    return JudgedBatch(kept, rejected)
 
 
 def _printable(value: Any) -> str | None:
@@ -310,80 +383,149 @@ def carried_schema(keep_cols: tuple[str, ...]) -> pa.Schema:
 
 # ---- Beam ---------------------------------------------------------------------------------------------
 
-BATCH_ROWS = 4096  # rows per element: Beam's per-element cost spread thin, a batch of 2 KB captions is 8 MB
+BATCH_ROWS = pool.BATCH_ROWS  # rows per element: Beam's per-element cost spread thin, a batch of 2 KB captions is 8 MB
+SEND_ROWS = 1 << 15  # rows judged before their bucket parts are sent on: parts of one 4k batch (~250 rows per
+#                      bucket) cost ~2.5 us per row to move as pickled tables, 32k-row sends ~0.2 us as IPC bytes
 BUCKETS = 16  # URL buckets = output files; raise for big pools (a bucket is de-duplicated in one worker's memory)
 
 
 class ReadPoolRangeFn(beam.DoFn):
-    """Pool range -> batches of raw rows (every physical row once, counted as read)."""
+    """Pool range -> RowBatches of raw rows by column (every physical row once, counted as read)."""
 
     def __init__(self, spec: pool.PoolSpec, batch_rows: int = BATCH_ROWS):
         self.spec, self.batch_rows = spec, batch_rows
         self.read = counter(STAGE, "read")
 
     def process(self, prange: pool.PoolRange):
-        rows = pool.read_pool_range(prange, self.spec)
-        while batch := list(itertools.islice(rows, self.batch_rows)):
+        for batch in pool.read_pool_batches(prange, self.spec, self.batch_rows):
             self.read.inc(len(batch))
             yield batch
 
 
-class JudgeBatchFn(beam.DoFn):
-    """Batch of raw rows -> (bucket, (matched table, rejected table)) per bucket the batch touches.
+class BucketParts:
+    """Judged rows of several batches, by column, until there are enough to send on; then per bucket one
+    (matched, rejected) pair of Arrow tables as IPC bytes (None for an empty side). Matched records go to the
+    bucket of their URL (so that step 6 sees every row of one URL together), rejected records to the bucket of
+    their source (spread evenly). Tables, because Beam then moves a few buffers instead of coding every record;
+    several batches per send, because each part has a fixed cost that small parts would pay for every bucket
+    of every batch."""
 
-    Steps 1-5 in one DoFn, a batch per element: Beam's per-element cost is paid per batch, not per row.
-    Matched records go to the bucket of their URL (so that step 6 sees every row of one URL together),
-    rejected records to the bucket of their source (spread evenly). Parts travel as Arrow tables: Beam
-    pickles a table's buffers (~1.6 us per row there and back) instead of coding every dict (~7 us)."""
+    def __init__(self, keep_cols: tuple[str, ...], buckets: int):
+        self.schema, self.buckets = carried_schema(keep_cols), buckets
+        self.clear()
+
+    def clear(self) -> None:
+        self.matched: dict[str, list] = {name: [] for name in self.schema.names}
+        self.rejected: dict[str, list] = {name: [] for name in REJECTED_SCHEMA.names}
+        self.rows = 0
+
+    def add(self, judged: JudgedBatch, batch: pool.RowBatch) -> None:
+        for name, values in judged.kept.items():
+            if name == "query_ids":
+                self.matched[name].append(values)  # list<int32> arrays, concatenated at send
+            else:
+                self.matched[name] += values
+        if judged.rejected:
+            self.rejected["reason"] += [reason for _, reason in judged.rejected]
+            self.rejected["source"] += [batch.source[i] for i, _ in judged.rejected]
+            self.rejected["url"] += [_printable(batch.url[i]) for i, _ in judged.rejected]
+            self.rejected["caption"] += [_printable(batch.caption[i]) for i, _ in judged.rejected]
+        self.rows += len(batch)
+
+    def _by_bucket(self, columns: dict[str, list], schema: pa.Schema, key: str) -> dict[int, pa.Table]:
+        if not columns[key]:
+            return {}
+        table = pa.Table.from_arrays([pa.concat_arrays(columns[f.name]) if f.name == "query_ids" else  # chunks
+                                      pa.array(columns[f.name], f.type) for f in schema], schema=schema)
+        buckets = beamio.buckets_of(columns[key], self.buckets)
+        order = np.argsort(buckets, kind="stable")
+        ends = np.cumsum(np.bincount(buckets, minlength=self.buckets))
+        # take() copies each bucket's rows: a slice would pickle the buffers of the whole table
+        return {bucket: table.take(order[end - count:end]) for bucket, (end, count)
+                in enumerate(zip(ends, np.diff(ends, prepend=0))) if count}
+
+    def send(self) -> list[tuple[int, tuple[bytes | None, bytes | None]]]:
+        """The parts per bucket that holds any row, in bucket order; the buffer is emptied."""
+        matched = self._by_bucket(self.matched, self.schema, "url")
+        rejected = self._by_bucket(self.rejected, REJECTED_SCHEMA, "source")
+        self.clear()
+        return [(bucket, (table_bytes(matched.get(bucket)), table_bytes(rejected.get(bucket))))
+                for bucket in sorted(matched.keys() | rejected.keys())]
+
+
+def table_bytes(table: pa.Table | None) -> bytes | None:
+    """A table as Arrow IPC stream bytes (None stays None): what parts travel as between the judge and the buckets."""
+    if table is None:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def bytes_table(data: bytes) -> pa.Table:
+    """The table of `table_bytes`."""
+    return pa.ipc.open_stream(data).read_all()
+
+
+class JudgeBatchFn(beam.DoFn):
+    """RowBatches -> (bucket, (matched, rejected) IPC tables) per bucket, every SEND_ROWS rows and at the end of
+    the bundle: steps 1-5 in one DoFn, a batch per call (Beam's per-element cost is paid per batch, not per row),
+    the rejections counted per batch and reason (a counter update per row would cost more than the check)."""
 
     def __init__(self, query_path: str, languages: tuple[str, ...], lid_backend: str, lid_min_confidence: float,
-                 bounds: tuple[int, int, int], keep_cols: tuple[str, ...], matcher: str, buckets: int):
+                 bounds: tuple[int, int, int], keep_cols: tuple[str, ...], matcher: str, buckets: int,
+                 send_rows: int = SEND_ROWS):
         self.query_path, self.languages, self.matcher_backend = query_path, languages, matcher
         self.lid_backend, self.lid_min_confidence = lid_backend, lid_min_confidence
-        self.bounds, self.keep_cols, self.buckets = bounds, keep_cols, buckets
-        self.schema = carried_schema(keep_cols)
+        self.bounds, self.keep_cols, self.buckets, self.send_rows = bounds, keep_cols, buckets, send_rows
         self._rejected: dict[str, Any] = {}
 
     def setup(self):
         self.matcher = QueryMatcher(query_strings(self.query_path), self.matcher_backend)  # once per worker
         self.identify = lid.load_identifier(self.lid_backend, self.lid_min_confidence) if self.languages else None
 
-    def process(self, rows: list[dict[str, Any]]):
-        matched, rejected = judge_batch(rows, self.matcher, self.identify, self.languages, *self.bounds,
-                                        keep_cols=self.keep_cols)
-        parts: dict[int, tuple[list, list]] = {}
-        for record in matched:
-            parts.setdefault(beamio.bucket_of(record["url"], self.buckets), ([], []))[0].append(record)
-        for row, reason in rejected:
+    def start_bundle(self):
+        self.parts = BucketParts(self.keep_cols, self.buckets)
+
+    def process(self, batch: pool.RowBatch | list[dict[str, Any]]):
+        if isinstance(batch, list):  # row dicts, as a hand-made pipeline may give them
+            batch = pool.RowBatch.from_rows(batch, self.keep_cols)
+        judged = judge_batch(batch, self.matcher, self.identify, self.languages, *self.bounds,
+                             keep_cols=self.keep_cols)
+        for reason, n in collections.Counter(reason for _, reason in judged.rejected).items():
             if reason not in self._rejected:
                 self._rejected[reason] = counter(STAGE, f"rejected_{reason}")
-            self._rejected[reason].inc()
-            parts.setdefault(beamio.bucket_of(row["source"], self.buckets), ([], []))[1].append(
-                rejected_record(row, reason))
-        for bucket, (bucket_matched, bucket_rejected) in parts.items():
-            yield bucket, (pa.Table.from_pylist(bucket_matched, schema=self.schema),
-                           pa.Table.from_pylist(bucket_rejected, schema=REJECTED_SCHEMA))
+            self._rejected[reason].inc(n)
+        self.parts.add(judged, batch)
+        if self.parts.rows >= self.send_rows:
+            yield from self.parts.send()
+
+    def finish_bundle(self):
+        for part in self.parts.send():
+            yield GlobalWindows.windowed_value(part)
 
 
 class KeepOnePerUrlFn(beam.DoFn):
     """(bucket, parts) -> (bucket, kept sorted by uid, rejected sorted by source), as tables: step 6.
-    A part is a (matched, rejected) pair of tables, or None (the marker that makes an empty bucket exist)."""
+    A part is a (matched, rejected) pair of IPC tables or Nones, or None (the marker that makes an empty bucket
+    exist)."""
 
     def __init__(self, keep_cols: tuple[str, ...]):
         self.schema = carried_schema(keep_cols)
         self.kept = counter(STAGE, "kept")
         self.duplicates = counter(STAGE, f"rejected_{DUPLICATE_URL}")
 
-    def process(self, item: tuple[int, Iterable[tuple[pa.Table, pa.Table] | None]]):
+    def process(self, item: tuple[int, Iterable[tuple[bytes | None, bytes | None] | None]]):
         bucket, parts = item
         parts = [part for part in parts if part is not None]
-        matched = pa.concat_tables([self.schema.empty_table(), *(m for m, _ in parts)])
+        matched = pa.concat_tables([self.schema.empty_table(), *(bytes_table(m) for m, _ in parts if m is not None)])
         kept, dropped = keep_one_per_url(matched)
         self.kept.inc(kept.num_rows)
         if dropped.num_rows:  # a counter is reported once touched: no `duplicate_url: 0` in the manifest
             self.duplicates.inc(dropped.num_rows)
-        rejected = pa.concat_tables([REJECTED_SCHEMA.empty_table(), *(r for _, r in parts),
-                                     duplicate_rejections(dropped)])
+        rejected = pa.concat_tables([REJECTED_SCHEMA.empty_table(),
+                                     *(bytes_table(r) for _, r in parts if r is not None), duplicate_rejections(dropped)])
         # One chunk each: the parquet bytes must not depend on how many batches fed the bucket.
         yield bucket, kept.drop_columns(["source"]).combine_chunks(), rejected.sort_by(REJECTED_ORDER).combine_chunks()
 
@@ -425,8 +567,8 @@ class ReadCandidatePool(beam.PTransform):
 
 
 class MatchCaptionsToQueries(beam.PTransform):
-    """Batches of raw rows -> (bucket, kept table, rejected table) for every bucket 0..buckets-1:
-    filters, matching, LID, then URL de-duplication inside each bucket."""
+    """Batches of raw rows (`pool.RowBatch`es, or lists of row dicts) -> (bucket, kept table, rejected table) for
+    every bucket 0..buckets-1: filters, matching, LID, then URL de-duplication inside each bucket."""
 
     def __init__(self, query_path: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES,
                  lid_backend: str = lid.DEFAULT_LID_BACKEND, min_chars: int = MIN_CAPTION_CHARS,

@@ -5,6 +5,11 @@ are whatever the file held (None, numbers, strings with undecodable bytes kept a
 reader could not parse at all carries `"reason": "malformed_row"`. Judging rows is `match.judge_batch`'s
 job, so every physical row is read exactly once and counted exactly once.
 
+The stage reads rows by column (`read_pool_batches` -> `RowBatch`: a list per column, the same rows as
+`read_pool_range` gives one dict at a time): a dict per row cost more than matching it does not, and the
+judge works column-wise. Parquet batches come straight from Arrow's record batches (no dict per row);
+the text formats and WAT are parsed row by row and transposed.
+
 Splitting (a 50 GB pool file must be read by many workers): `plan_ranges` cuts a file into `PoolRange`s
 of about `range_bytes`, each read by `read_pool_range` on its own, and the ranges of a file together
 give exactly the rows of reading it whole:
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -55,6 +61,7 @@ _SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json": "jsonl", ".json.gz": "jsonl",
 }
 PARQUET_BATCH_ROWS = 8192  # bounded memory per worker, large enough to amortise Arrow's per-batch cost
+BATCH_ROWS = 4096  # rows per RowBatch (match.BATCH_ROWS): a batch of 2 KB captions is 8 MB
 RANGE_BYTES = 64 << 20  # as Beam's file sources split: enough work per range to amortise opening the file
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,41 @@ class PoolRange:
     path: str
     start: int = 0
     stop: int | None = None
+
+
+@dataclasses.dataclass
+class RowBatch:
+    """Consecutive raw rows of one pool range, one list per column (row i is `rows()[i]`).
+
+    `meta` holds a list per kept column (None where a row lacks the value); `reason` the reader's reject reason
+    per row (`malformed_row`, `invalid_utf8`) or None when no row of the batch has one."""
+    source: list[str]
+    url: list[Any]
+    caption: list[Any]
+    meta: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    reason: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row i as `read_pool_range` gives it (meta: the kept columns; a rejected row's meta is dropped)."""
+        row = {"source": self.source[i], "url": self.url[i], "caption": self.caption[i],
+               "meta": {col: values[i] for col, values in self.meta.items()}}
+        if self.reason is not None and self.reason[i]:
+            row.update(meta={}, reason=self.reason[i])
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row(i) for i in range(len(self))]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], keep_cols: tuple[str, ...] = ()) -> RowBatch:
+        """The batch of row dicts (as `read_pool_range` yields them); `keep_cols` name the meta columns kept."""
+        reasons = [row.get("reason") for row in rows]
+        return cls([row["source"] for row in rows], [row["url"] for row in rows], [row["caption"] for row in rows],
+                   {col: [(row.get("meta") or {}).get(col) for row in rows] for col in keep_cols},
+                   reasons if any(reasons) else None)
 
 
 def expand_pool(patterns: list[str]) -> list[str]:
@@ -274,6 +316,13 @@ def _column_values(column: pa.Array) -> list[Any]:
 
 
 def _read_parquet(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]:
+    """The rows of `_read_parquet_batches`, one dict each."""
+    for batch in _read_parquet_batches(prange, spec, PARQUET_BATCH_ROWS):
+        yield from batch.rows()
+
+
+def _read_parquet_batches(prange: PoolRange, spec: PoolSpec, batch_rows: int) -> Iterator[RowBatch]:
+    """Row groups [start, stop) by column: Arrow record batches become column lists, never a dict per row."""
     path = prange.path
     columns = list(dict.fromkeys((spec.url_col, spec.caption_col, *spec.keep_cols)))
     row_no = 0
@@ -283,14 +332,15 @@ def _read_parquet(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]
             meta = parquet.metadata
             groups = list(range(prange.start, meta.num_row_groups if prange.stop is None else prange.stop))
             row_no = sum(meta.row_group(g).num_rows for g in range(prange.start))  # rows before the range
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns):
-                values = {col: _column_values(batch.column(col)) for col in columns}  # by column: no per-cell calls
-                metas = [dict(zip(spec.keep_cols, cells)) for cells in zip(*(values[c] for c in spec.keep_cols))] \
-                    if spec.keep_cols else None
-                for i, (url, caption) in enumerate(zip(values[spec.url_col], values[spec.caption_col])):
-                    yield {"source": f"{path}:{row_no}", "url": url, "caption": caption,
-                           "meta": metas[i] if metas else {}}
-                    row_no += 1
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+                values = {col: _column_values(batch.column(col)) for col in columns}
+                # Arrow string columns hold valid UTF-8; only binary ones can carry undecodable bytes
+                binary = [values[col] for col in columns if not pa.types.is_string(batch.column(col).type)
+                          and not pa.types.is_large_string(batch.column(col).type)]
+                rows = RowBatch([f"{path}:{n}" for n in range(row_no, row_no + batch.num_rows)], values[spec.url_col],
+                                values[spec.caption_col], {col: values[col] for col in spec.keep_cols})
+                row_no += batch.num_rows
+                yield mark_invalid_utf8_batch(rows, binary) if binary else rows
         except (pa.ArrowInvalid, OSError) as e:
             # A file whose footer was fine but whose data pages are not: fail the run, naming the file.
             raise PoolError(f"{path}: corrupt parquet data after row {row_no} ({e})") from None
@@ -351,6 +401,38 @@ def mark_invalid_utf8(row: dict[str, Any]) -> dict[str, Any]:
         return row
     return {"source": row["source"], "url": _replace_surrogates(row["url"]),
             "caption": _replace_surrogates(row["caption"]), "meta": {}, "reason": row.get("reason") or INVALID_UTF8}
+
+
+def _surrogate_rows(values: list[Any]) -> list[int]:
+    return [i for i, v in enumerate(values) if type(v) is str and not v.isascii() and _SURROGATE.search(v)]
+
+
+def mark_invalid_utf8_batch(batch: RowBatch, columns: list[list[Any]] | None = None) -> RowBatch:
+    """`mark_invalid_utf8` on every row of a batch, looking only in `columns` (default: url, caption, meta)."""
+    columns = [batch.url, batch.caption, *batch.meta.values()] if columns is None else columns
+    bad = sorted({i for values in columns for i in _surrogate_rows(values)})
+    if not bad:
+        return batch
+    reasons = list(batch.reason) if batch.reason is not None else [None] * len(batch)
+    url, caption, meta = list(batch.url), list(batch.caption), {col: list(v) for col, v in batch.meta.items()}
+    for i in bad:
+        url[i], caption[i] = _replace_surrogates(url[i]), _replace_surrogates(caption[i])
+        reasons[i] = reasons[i] or INVALID_UTF8
+        for values in meta.values():
+            values[i] = None  # a rejected row carries no metadata (mark_invalid_utf8 drops it)
+    return RowBatch(batch.source, url, caption, meta, reasons)
+
+
+def _batched(rows: Iterator[dict[str, Any]], batch_rows: int, keep_cols: tuple[str, ...]) -> Iterator[RowBatch]:
+    while chunk := list(itertools.islice(rows, batch_rows)):
+        yield RowBatch.from_rows(chunk, keep_cols)
+
+
+def read_pool_batches(prange: PoolRange, spec: PoolSpec, batch_rows: int = BATCH_ROWS) -> Iterator[RowBatch]:
+    """The rows of `read_pool_range(prange, spec)` in batches of at most `batch_rows`, by column."""
+    if file_format(prange.path, spec.format) == "parquet":
+        return _read_parquet_batches(prange, spec, batch_rows)
+    return _batched(read_pool_range(prange, spec), batch_rows, spec.keep_cols)
 
 
 def read_pool_range(prange: PoolRange, spec: PoolSpec) -> Iterator[dict[str, Any]]:

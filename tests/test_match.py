@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import beamio, lid, match, pool
-from pipeline.records import QueryListError, load_query_list, matched_schema, parse_query_list, uid_of
+from pipeline.records import (QueryListError, load_query_list, matched_schema, parse_query_list, text_lines, uid_of,
+                              uids_of)
 from pipeline.text import normalize_entry, spacing
 
 FAST = ["--runner=FnApiRunner"]
@@ -83,9 +84,24 @@ def test_matcher_equals_naive_loop(queries, words, backend):
 def test_matcher_duplicate_entries_return_all_ids(backend):
     matcher = match.QueryMatcher(["dog", "cat", "dog"], backend)
     assert matcher.match("a dog and a cat") == [0, 1, 2]
+    # an entry holding a newline can never occur in spaced text: left out, the ids of the others unchanged
+    matcher = match.QueryMatcher(["dog\ncat", "cat", "dog"], backend)
+    assert matcher.match("dog\ncat") == matcher.match("dog cat") == [1, 2]
     assert match.QueryMatcher([], backend).match("anything") == []
     with pytest.raises(ValueError, match="unknown matcher"):
         match.QueryMatcher(["dog"], "regex")
+
+
+@settings(max_examples=100, deadline=None)
+@given(captions=st.lists(st.lists(st.sampled_from(VOCAB), max_size=8).map(" ".join), max_size=12),
+       backend=st.sampled_from(match.MATCHERS))
+def test_match_spaced_batch_equals_one_caption_at_a_time(captions, backend):
+    """A batch is matched as one text: no hit may leak into the caption beside it."""
+    queries = ["new york", "york new", "a", "dog , dog", ". .", "東京"]
+    matcher = match.QueryMatcher([normalize_entry(q) for q in queries], backend)
+    found = matcher.match_spaced([spacing(c) for c in captions])
+    assert found.type == pa.list_(pa.int32()) and len(found) == len(captions)
+    assert found.to_pylist() == [naive_match(queries, c) for c in captions]
 
 
 # ---- normalisation and filters ---------------------------------------------------------------------------
@@ -125,24 +141,71 @@ def test_caption_reason():
     assert match.caption_reason("abc def", 5, 10, 2) is None
 
 
+def judge_rows(rows: list[dict], matcher, identify, languages, *bounds, keep_cols=()) -> tuple[list, list]:
+    """judge_batch on row dicts: (matched records, [(row, reason)])."""
+    judged = match.judge_batch(pool.RowBatch.from_rows(rows, keep_cols), matcher, identify, languages, *bounds,
+                               keep_cols=keep_cols)
+    return judged.records(), [(rows[i], reason) for i, reason in judged.rejected]
+
+
 def test_judge_batch_order_and_record():
     matcher = match.QueryMatcher(["dog"])
     row = {"source": "f:1", "url": " http://a/1.jpg ", "caption": "A  dog &amp; me", "meta": {"w": 3}}
-    kept, rejected = match.judge_batch([row], matcher, None, (), 5, 100, 1, keep_cols=("w",))
+    kept, rejected = judge_rows([row], matcher, None, (), 5, 100, 1, keep_cols=("w",))
     assert rejected == [] and kept == [{"uid": uid_of("http://a/1.jpg", "A dog & me"), "url": "http://a/1.jpg",
                                         "caption": "A dog & me", "query_ids": [0], "w": "3", "source": "f:1"}]
+    assert match.candidate_record(row, matcher, 5, 100, 1, ("w",)) == (kept[0], None)
 
     def french(texts: list[str]) -> list[str]:  # a stand-in language identifier
         return ["fr"] * len(texts)
 
     no_match = dict(row, caption="a cat", source="f:2")
-    kept, rejected = match.judge_batch([row, no_match], matcher, french, ("en",), 5, 100, 1)
+    kept, rejected = judge_rows([row, no_match], matcher, french, ("en",), 5, 100, 1)
     assert kept == [] and rejected == [(no_match, match.NO_QUERY_MATCH), (row, match.WRONG_LANGUAGE)]
 
     def unsure(texts: list[str]) -> list[None]:  # below --lid-min-confidence: the row is kept
         return [None] * len(texts)
 
-    assert len(match.judge_batch([row], matcher, unsure, ("en",), 5, 100, 1)[0]) == 1
+    assert len(judge_rows([row], matcher, unsure, ("en",), 5, 100, 1)[0]) == 1
+
+
+def reference_record(row: dict, queries: list[str], min_chars: int, max_chars: int, min_words: int,
+                     keep_cols: tuple[str, ...]) -> tuple[dict | None, str | None]:
+    """Steps 1-4 for one row, as the recipe states them, one function per check (judge_batch's reference)."""
+    reason = match.raw_row_reason(row)
+    if reason:
+        return None, reason
+    url, caption = row["url"].strip(), match.normalize_caption(row["caption"])
+    reason = match.url_reason(url) or match.caption_reason(caption, min_chars, max_chars, min_words)
+    if reason:
+        return None, reason
+    query_ids = naive_match(queries, caption)
+    if not query_ids:
+        return None, match.NO_QUERY_MATCH
+    meta = row.get("meta") or {}
+    return {"uid": uid_of(url, caption), "url": url, "caption": caption, "query_ids": query_ids,
+            "source": row["source"], **{c: None if meta.get(c) is None else str(meta[c]) for c in keep_cols}}, None
+
+
+ODD_VALUES = [None, "", " ", 7, 2.5, ["a dog"], "http://a/1.jpg", " HTTP://a/2.jpg ", "ftp://a/3", "http:// a",
+              "a dog", "A dog &amp; a cat", "dog", "a\tdog\n", "東京 dog", "x" * 30, "the dog , new york .",
+              "Cafe\u0301 dog", "dogs only", "https://a/?q=a dog"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells=st.lists(st.tuples(st.sampled_from(ODD_VALUES), st.sampled_from(ODD_VALUES),
+                                st.sampled_from([None, "malformed_row", "invalid_utf8"]),
+                                st.sampled_from([None, 3, "w"])), max_size=16),
+       bounds=st.sampled_from([(5, 100, 1), (0, 12, 0), (3, 2000, 2), (1, 1, 1)]),
+       backend=st.sampled_from(match.MATCHERS))
+def test_judge_batch_equals_the_row_by_row_recipe(cells, bounds, backend):
+    queries = ["dog", "a", "new york", "東京", "cat", "dog"]
+    rows = [dict({"source": f"s:{i}", "url": url, "caption": caption, "meta": {"w": w}},
+                 **({"reason": reason} if reason else {})) for i, (url, caption, reason, w) in enumerate(cells)]
+    kept, rejected = judge_rows(rows, match.QueryMatcher(queries, backend), None, (), *bounds, keep_cols=("w",))
+    expected = [(row, reference_record(row, queries, *bounds, ("w",))) for row in rows]
+    assert kept == [record for _, (record, _) in expected if record]
+    assert sorted(rejected, key=lambda r: rows.index(r[0])) == [(row, reason) for row, (_, reason) in expected if reason]
 
 
 def test_keep_one_per_url_is_order_independent():
@@ -168,14 +231,19 @@ def reference_dedup(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, [r for r in records if best[r["url"]] is not r]
 
 
-def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: int) -> tuple[list, list]:
+def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: int, send_rows: int) -> tuple[list, list]:
     """The stage's DoFns by hand (no runner): batches -> JudgeBatchFn -> group by bucket -> KeepOnePerUrlFn."""
-    judge = match.JudgeBatchFn(queries_path, (), "fasttext", 0.0, (5, 100, 1), (), "pyahocorasick", buckets)
+    judge = match.JudgeBatchFn(queries_path, (), "fasttext", 0.0, (5, 100, 1), (), "pyahocorasick", buckets,
+                               send_rows=send_rows)
     judge.setup()
+    judge.start_bundle()
     grouped: dict[int, list] = {b: [None] for b in range(buckets)}  # None: the marker of an empty bucket
     for start in range(0, len(rows), batch_rows):
-        for bucket, part in judge.process(rows[start:start + batch_rows]):
+        for bucket, part in judge.process(pool.RowBatch.from_rows(rows[start:start + batch_rows])):
             grouped[bucket].append(part)
+    for windowed in judge.finish_bundle():
+        bucket, part = windowed.value
+        grouped[bucket].append(part)
     kept, rejected = [], []
     for item in grouped.items():
         (bucket, bucket_kept, bucket_rejected), = match.KeepOnePerUrlFn(()).process(item)
@@ -192,13 +260,13 @@ def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: 
 @settings(max_examples=40, deadline=None)
 @given(pairs=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a dog", "one dog", "a cat", "dog", "x"])),
                       max_size=40),
-       batch_rows=st.integers(1, 8), buckets=st.integers(1, 5))
-def test_batches_and_buckets_equal_one_global_dedup(tmp_path_factory, pairs, batch_rows, buckets):
+       batch_rows=st.integers(1, 8), buckets=st.integers(1, 5), send_rows=st.sampled_from([1, 5, 1000]))
+def test_batches_and_buckets_equal_one_global_dedup(tmp_path_factory, pairs, batch_rows, buckets, send_rows):
     queries = write_queries(tmp_path_factory.mktemp("q") / "q.tsv", ["dog"])
     rows = [{"source": f"s:{i:03d}", "url": f"http://a/{u}", "caption": c, "meta": {}} for i, (u, c) in enumerate(pairs)]
-    kept, rejected = run_bucketed(rows, queries, batch_rows, buckets)
+    kept, rejected = run_bucketed(rows, queries, batch_rows, buckets, send_rows)
     # reference: all rows judged in one batch, one global de-duplication
-    ref_matched, ref_rejected = match.judge_batch(rows, match.QueryMatcher(["dog"]), None, (), 5, 100, 1)
+    ref_matched, ref_rejected = judge_rows(rows, match.QueryMatcher(["dog"]), None, (), 5, 100, 1)
     ref_kept, duplicates = reference_dedup(ref_matched)
     assert sorted(kept, key=lambda r: r["uid"]) == [{k: v for k, v in r.items() if k != "source"} for r in ref_kept]
     expected = [match.rejected_record(row, reason) for row, reason in ref_rejected]
@@ -226,6 +294,26 @@ def test_uid_is_stable_128_bit_hex():
 def test_query_list_wrong_format(text, message):
     with pytest.raises(QueryListError, match=message):
         parse_query_list(io.StringIO(text), name="q.tsv")
+
+
+@settings(max_examples=300, deadline=None)
+@given(queries=st.lists(st.text(alphabet=st.sampled_from(list("ab ,.;:?!`\t\r\x0b\x1c\xa0\u2028é\n")), max_size=8),
+                        min_size=1, max_size=4),
+       ids=st.sampled_from(["ok", "skip", "text"]))
+def test_query_list_check_equals_the_line_by_line_check(queries, ids):
+    """parse_query_list checks a list column-wise; it must accept and reject exactly what checking each line does."""
+    first = {"ok": 0, "skip": 1, "text": "x"}[ids]
+    text = "query_id\tquery\tsource\tcount\tpmi\n" + "".join(
+        f"{first if i == 0 else i}\t{q}\tw\t\t\n" for i, q in enumerate(queries))
+    lines = [line.rstrip("\r\n") for line in io.StringIO(text, newline="")]
+    assert text_lines(text) == lines  # as a file opened with newline="" gives them
+    fields = [line.split("\t") for line in lines[1:]]
+    valid = all(len(f) == 5 and f[0] == str(i) and f[1] and normalize_entry(f[1]) == f[1] for i, f in enumerate(fields))
+    if valid:
+        assert parse_query_list(io.StringIO(text, newline="")) == [f[1] for f in fields]
+    else:
+        with pytest.raises(QueryListError):
+            parse_query_list(io.StringIO(text, newline=""))
 
 
 def test_load_query_list_gzip_and_not_utf8(tmp_path):
@@ -373,6 +461,72 @@ def test_split_parquet_by_row_groups_and_unsplittable_files(tmp_path):
     assert list(pool.read_pool_file(str(tmp_path / "p.tsv.gz"), pool.PoolSpec())) == [
         dict(r, source=r["source"].replace("p.tsv", "p.tsv.gz"))
         for r in pool.read_pool_file(str(tmp_path / "p.tsv"), pool.PoolSpec())]
+
+
+# ---- reading by column ----------------------------------------------------------------------------------
+
+def rows_of_batches(prange: pool.PoolRange, spec: pool.PoolSpec, batch_rows: int) -> list[dict]:
+    batches = list(pool.read_pool_batches(prange, spec, batch_rows))
+    assert all(0 < len(b) <= batch_rows for b in batches)
+    return [row for batch in batches for row in batch.rows()]
+
+
+def as_kept(row: dict, keep_cols: tuple[str, ...]) -> dict:
+    """A read_pool_range row as a RowBatch row: meta reduced to the kept columns (None where absent)."""
+    if row.get("reason"):
+        return dict(row, meta={})
+    return dict(row, meta={col: row["meta"].get(col) for col in keep_cols})
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 4096])
+def test_read_pool_batches_give_the_rows_of_read_pool_range(tmp_path, batch_rows):
+    """Every format: the batches hold exactly the rows read one by one, in order, with the same reasons."""
+    pq.write_table(pa.table({"URL": pa.array([b"http://a/1", b"http://a/\xff", None, b"http://a/4", b"u"], pa.binary()),
+                             "TEXT": pa.array([b"a dog", b"x", b"y", b"caf\xe9", None], pa.binary()),
+                             "W": pa.array(["1", None, "3", "4", "5"])}), tmp_path / "b.parquet", row_group_size=2)
+    pq.write_table(pa.table({"URL": ["http://a/1", None, "http://a/3"], "TEXT": ["a dog", "b", None],
+                             "W": [1, 2, None]}), tmp_path / "s.parquet", row_group_size=2)
+    (tmp_path / "p.tsv").write_bytes(b"URL\tTEXT\tW\r\nhttp://a/1\ta dog\t1\nshort\n\nhttp://a/\xff\tx\t2\n"
+                                     b"http://a/3\tcaf\xc3\xa9\tw\xff\n")
+    (tmp_path / "p.jsonl").write_text('{"URL": "http://a/1", "TEXT": "a dog", "W": 2}\n{broken\n[1]\n'
+                                      '{"URL": 5, "TEXT": ["x"]}\n{"URL": "http://a/\\udcff", "TEXT": "t", "W": null}\n')
+    write_wat(tmp_path / "x.warc.wat.gz")
+    cases = [("b.parquet", ("W",)), ("s.parquet", ("W",)), ("s.parquet", ()), ("p.tsv", ("W",)), ("p.jsonl", ("W",)),
+             ("x.warc.wat.gz", ("page_url",))]
+    for name, keep_cols in cases:
+        spec = pool.PoolSpec(url_col="URL", caption_col="TEXT", keep_cols=keep_cols) if "wat" not in name else \
+            pool.PoolSpec(keep_cols=keep_cols)
+        for prange in pool.plan_ranges(str(tmp_path / name), spec, 1):
+            expected = [as_kept(row, keep_cols) for row in pool.read_pool_range(prange, spec)]
+            assert rows_of_batches(prange, spec, batch_rows) == expected, name
+    reasons = [r.get("reason") for r in pool.read_pool_file(str(tmp_path / "b.parquet"), pool.PoolSpec(
+        url_col="URL", caption_col="TEXT"))]
+    assert reasons == [None, "invalid_utf8", None, "invalid_utf8", None]
+
+
+def test_row_batch_round_trip():
+    rows = [{"source": "s:0", "url": "http://a", "caption": "c", "meta": {"w": 1, "other": 2}},
+            {"source": "s:1", "url": None, "caption": None, "meta": {}, "reason": "malformed_row"}]
+    batch = pool.RowBatch.from_rows(rows, ("w",))
+    assert len(batch) == 2 and batch.meta == {"w": [1, None]} and batch.reason == [None, "malformed_row"]
+    assert batch.rows() == [dict(rows[0], meta={"w": 1}), rows[1]]
+    assert pool.RowBatch.from_rows(rows[:1]).reason is None
+
+
+def test_buckets_of_and_uids_of_equal_their_one_key_versions():
+    keys = ["", "http://a/1.jpg", "東京", "x" * 1000, "\udcff"] + [f"http://img/{i}" for i in range(500)]
+    for n in (1, 2, 16, 17, 1000, 2**31 - 1):
+        assert beamio.buckets_of(keys, n).tolist() == [beamio.bucket_of(k, n) for k in keys]
+    assert beamio.buckets_of([], 4).tolist() == []
+    with pytest.raises(ValueError):
+        beamio.buckets_of(keys, 0)
+    assert uids_of(keys, keys[::-1]) == [uid_of(u, c) for u, c in zip(keys, keys[::-1])]
+
+
+def test_parts_travel_as_arrow_ipc():
+    table = pa.table({"url": ["http://a/1", None], "query_ids": pa.array([[1, 2], []], pa.list_(pa.int32()))})
+    assert match.bytes_table(match.table_bytes(table)).equals(table)
+    assert match.table_bytes(None) is None
 
 
 # ---- language ID -----------------------------------------------------------------------------------------
