@@ -17,10 +17,10 @@ counts included.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
+import zlib
 from typing import Any, Callable, Iterable
 
 import apache_beam as beam
@@ -35,23 +35,23 @@ log = logging.getLogger(__name__)
 
 
 def bucket_of(key: str, n_buckets: int) -> int:
-    """Bucket 0..n-1 of a string key, the same on every worker (blake2b, not Python's salted hash())."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") * n_buckets) >> 64
+    """Bucket 0..n-1 of a string key, the same on every worker: (crc32(key) * n) >> 32, not Python's salted
+    hash(). CRC-32 spreads keys as evenly as a cryptographic digest would for this (every input bit reaches
+    the high bits used here) at a fifth of blake2b's cost per key (0.35 vs 1.7 us, bench/bench_match.py's
+    captions), which the match stage pays once per matched row."""
+    if not 0 < n_buckets < 2**31:
+        raise ValueError(f"n_buckets must be in [1, 2**31), got {n_buckets}")
+    return (zlib.crc32(key.encode("utf-8", "surrogatepass")) * n_buckets) >> 32
 
 
 def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
-    """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: one digest per key in a comprehension, the
-    arithmetic in numpy. (h * n) >> 64 is computed on the two 32-bit halves of h, exactly, for n < 2**31:
-    (hi * n + ((lo * n) >> 32)) >> 32, with every term below 2**64."""
+    """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: the checksums in a comprehension, the
+    arithmetic in numpy (crc * n < 2**63 for n < 2**31)."""
     if not 0 < n_buckets < 2**31:
         raise ValueError(f"n_buckets must be in [1, 2**31), got {n_buckets}")
-    blake2b = hashlib.blake2b
-    digests = b"".join([blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest() for key in keys])
-    h = np.frombuffer(digests, dtype=">u8").astype(np.uint64)
-    n = np.uint64(n_buckets)
-    hi, lo = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF)
-    return ((hi * n + ((lo * n) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
+    crc32 = zlib.crc32
+    h = np.fromiter([crc32(key.encode("utf-8", "surrogatepass")) for key in keys], np.int64, len(keys))
+    return (h * n_buckets) >> 32
 
 
 def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:
