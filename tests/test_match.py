@@ -729,7 +729,8 @@ def test_bench_match_runs_on_tiny_data(tmp_path, monkeypatch):
         b"a dog in new york .\thttp://a/1.jpg\nthe cat on the mat\thttp://a/2.jpg\n"))
     pq.write_table(pa.table({"URL": ["http://b/1.jpg", "http://b/2.jpg"], "TEXT": ["the dog park", None]}),
                    data / "laion-sample-10k.parquet")
-    results = bench_match.main(["--data", str(data), "--captions", "40", "--naive-captions", "3",
-                                "--langdetect-captions", "3", "--chunks", "2", "--out", str(tmp_path / "r.json")])
+    results = bench_match.main(["--data", str(data), "--captions", "40", "--e2e-captions", "40",
+                                "--naive-captions", "3", "--langdetect-captions", "3", "--chunks", "2",
+                                "--out", str(tmp_path / "r.json")])
     assert results["entries"] == 3 and all(m["same_as_naive"] for m in results["matchers"].values())
     assert json.loads((tmp_path / "r.json").read_text())["end_to_end"]["match_counters"]["read"] == 40
