@@ -84,7 +84,9 @@ static inline uint32_t fnv(const unsigned char *s, Py_ssize_t n)
 
 static inline uint32_t mix(uint32_t h) { return h * 2654435761u; }   /* spreads FNV's low bits for tables */
 
-static uint32_t table_size(int64_t n)   /* a power of two >= 2n */
+#define MAX_TABLE_ENTRIES ((int64_t)1 << 29)   /* table_size() stays a uint32; a damaged header cannot loop it */
+
+static uint32_t table_size(int64_t n)   /* a power of two >= 2n, n <= MAX_TABLE_ENTRIES */
 {
     uint32_t s = 16;
     while (s < 2 * n)
@@ -240,7 +242,7 @@ static int read_matrix(Reader *r, int quantized, int64_t dim, float **rows_out, 
     if (!quantized) {
         if (take(r, &m, 8) < 0 || take(r, &n, 8) < 0)
             return bad_model(path, TRUNCATED);
-        if (n != dim || m < 0 || m * n > MAX_DENSE_FLOATS)
+        if (n != dim || n <= 0 || m < 0 || m > MAX_DENSE_FLOATS / n)   /* m * n could overflow */
             return bad_model(path, "dense matrix of unexpected shape");
         const unsigned char *data = skip(r, (size_t)(m * n) * sizeof(float));
         if (!data)
@@ -259,7 +261,7 @@ static int read_matrix(Reader *r, int quantized, int64_t dim, float **rows_out, 
     PQ pq, npq;
     if (take(r, &qnorm, 1) < 0 || take(r, &m, 8) < 0 || take(r, &n, 8) < 0 || take(r, &codesize, 4) < 0)
         return bad_model(path, TRUNCATED);
-    if (n != dim || m < 0 || m * n > MAX_DENSE_FLOATS)
+    if (n != dim || n <= 0 || m < 0 || m > MAX_DENSE_FLOATS / n)
         return bad_model(path, "quantized matrix of unexpected shape");
     const uint8_t *codes = skip(r, (size_t)(codesize < 0 ? 0 : codesize));
     if (!codes)
@@ -312,7 +314,7 @@ static int read_dictionary(Model *M, Reader *r, PyObject *path)
         take(r, &ntokens, 8) < 0 || take(r, &M->pruneidx_size, 8) < 0)
         return bad_model(path, TRUNCATED);
     if (M->size < 0 || M->nwords < 0 || M->nlabels < 1 || (int64_t)M->nwords + M->nlabels != M->size ||
-        M->pruneidx_size < -1 || M->pruneidx_size > INT32_MAX)
+        M->pruneidx_size < -1 || M->pruneidx_size > MAX_TABLE_ENTRIES || M->size > MAX_TABLE_ENTRIES)
         return bad_model(path, "inconsistent dictionary sizes");
     /* Words are NUL-terminated, each followed by its count (int64) and type (int8). */
     const unsigned char *start = r->p + r->off;

@@ -378,16 +378,23 @@ def _read_wat(path: str) -> Iterator[dict[str, Any]]:
                        "meta": {"page_url": page_url}}
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
+# Text is decoded with errors="surrogateescape": an undecodable byte becomes a lone surrogate U+DC80-U+DCFF.
+# JSON can also spell any lone surrogate ("\ud800"): no UTF-8 exists for either.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _has_surrogates(value: Any) -> bool:
-    # Text is decoded with errors="surrogateescape": an undecodable byte becomes a lone surrogate.
     return isinstance(value, str) and not value.isascii() and _SURROGATE.search(value) is not None
 
 
 def _replace_surrogates(value: Any) -> Any:
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _has_surrogates(value) else value
+    """U+FFFD where the bytes were invalid (as a UTF-8 decoder with errors="replace" marks them)."""
+    if not _has_surrogates(value):
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (JSON's "\ud800")
+        return _SURROGATE.sub("\ufffd", value)
 
 
 def mark_invalid_utf8(row: dict[str, Any]) -> dict[str, Any]:

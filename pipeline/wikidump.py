@@ -195,12 +195,15 @@ def _fast_bz2_range(f, start: int, end: int | None) -> Iterator[bytes]:
             while data := decoded.read(OUTPUT_CHUNK):
                 yield data
                 handed_out += len(data)
-            consumed_bits = decoded.raw.bz2reader.tell_compressed()
-    except (RuntimeError, ValueError, OSError, AttributeError) as e:  # std::exception, bad magic, CRC; API drift
+            # bit offsets of the blocks it decoded; the last one is the last end-of-stream marker (48 bits of
+            # magic + the 32-bit stream CRC, then padding to a byte). Its tell_compressed() cannot be used here:
+            # it counts the byte it peeked at for the next stream, so one stray trailing byte would pass.
+            last_marker = max(decoded.raw.bz2reader.block_offsets(), default=None)
+    except Exception as e:  # noqa: BLE001 -- whatever it raised (std::exception, bad magic, CRC, API drift)
         log.info("indexed_bzip2 failed at %d bytes (%s): re-reading with bz2", handed_out, e)
         return handed_out
-    if (consumed_bits + 7) // 8 < window.end - window.start:
-        return handed_out
+    if last_marker is None or (last_marker + 80 + 7) // 8 != window.end - window.start:
+        return handed_out  # it stopped early, or bytes follow the last stream: bz2 reports them
     return None
 
 

@@ -450,6 +450,9 @@ def test_files_that_are_not_supported_models_are_value_errors(tmp_path, lid176):
     rejected("future.ftz", data[:4] + struct.pack("<i", 13) + data[8:], "version")
     en = data.index(b"__label__en\0") + len(b"__label__en\0")  # then its count (int64) and type (int8)
     rejected("counts.ftz", data[:en] + struct.pack("<q", 2 * 10**15) + data[en + 8:], "label tree")
+    pruneidx_at = 8 + 12 * 4 + 8 + 3 * 4 + 8  # the header, then size nwords nlabels ntokens; a damaged count must
+    rejected("pruneidx.ftz", data[:pruneidx_at] + struct.pack("<q", 2**31 - 1) + data[pruneidx_at + 8:],
+             "dictionary sizes")  # be refused, not size a hash table (it looped forever at 2**31 - 1)
     for index, value, words in ((7, 1, ("supervised",)), (6, 3, ("hierarchical softmax",)),
                                 (0, 0, ("dim",)), (0, 32, ("shape",))):
         patched = list(args)

@@ -352,6 +352,20 @@ def test_read_csv_quoted_and_jsonl(tmp_path):
     assert reasons == [None, "malformed_row", "malformed_row", "missing_caption", "non_string_caption"]
 
 
+def test_json_escaped_lone_surrogate_is_rejected_as_invalid_utf8(tmp_path):
+    """JSON may spell a surrogate no UTF-8 can hold ("\\ud800"): a counted rejection, not a crashed batch."""
+    lines = [json.dumps({"url": "http://a/1.jpg", "caption": "a dog \ud800 here"}),
+             json.dumps({"url": "http://a/2.jpg", "caption": "a dog there"})]
+    assert "\\ud800" in lines[0]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    queries = write_queries(tmp_path / "q.tsv", ["dog"])
+    manifest = match.run(["--pool", str(tmp_path / "p.jsonl"), "--queries", queries, "--out", str(tmp_path / "m"),
+                          "--no-language-filter", *FAST])
+    assert manifest["counters"] == {"read": 2, "kept": 1, "rejected": {"invalid_utf8": 1}}
+    rejected = read_rows(str(tmp_path / "m" / "rejected" / "part-*.parquet"))
+    assert [(r["reason"], r["caption"]) for r in rejected] == [("invalid_utf8", "a dog \ufffd here")]
+
+
 def test_read_parquet_nulls_and_binary(tmp_path):
     table = pa.table({"URL": ["http://a/1", "http://a/2", None],
                       "TEXT": pa.array([b"a dog", b"\xffbad", b"x"], type=pa.binary())})

@@ -175,6 +175,7 @@ def _bz2_cases():
     flipped[s0 + 200] ^= 0xFF
     return {"good": good, "truncated": good[:-40], "cut_in_stream": good[:s0 + 1000],
             "garbage_between_streams": good[:s0] + b"garbage!" + good[s0:], "trailing_garbage": good + b"\n\n",
+            "one_trailing_byte": good + b"\0", "one_byte_between_streams": good[:s0] + b"j" + good[s0:],
             "bit_flip": bytes(flipped), "not_bz2": b"hello", "empty": b""}, [0, s0, s0 + len(streams[1])], texts
 
 
