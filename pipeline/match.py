@@ -442,10 +442,11 @@ class BucketParts:
         table = pa.Table.from_arrays([pa.concat_arrays(columns[f.name]) if f.name == "query_ids" else  # chunks
                                       pa.array(columns[f.name], f.type) for f in schema], schema=schema)
         buckets = beamio.buckets_of(columns[key], self.buckets)
-        order = np.argsort(buckets, kind="stable")
+        ordered = table.take(np.argsort(buckets, kind="stable"))  # by bucket, in row order within one
         ends = np.cumsum(np.bincount(buckets, minlength=self.buckets))
-        # take() copies each bucket's rows: a slice would pickle the buffers of the whole table
-        return {bucket: table.take(order[end - count:end]) for bucket, (end, count)
+        # Slices of one gather (a third of the cost of a take per bucket): the IPC writer of `table_bytes` writes
+        # only a slice's own rows (a pickled slice would carry the buffers of the whole table).
+        return {bucket: ordered.slice(end - count, count) for bucket, (end, count)
                 in enumerate(zip(ends, np.diff(ends, prepend=0))) if count}
 
     def send(self) -> list[tuple[int, tuple[bytes | None, bytes | None]]]:

@@ -543,6 +543,28 @@ def test_parts_travel_as_arrow_ipc():
     assert match.table_bytes(None) is None
 
 
+def test_bucket_parts_hold_each_row_once_in_its_urls_bucket():
+    """send(): per bucket exactly the rows whose URL hashes there, in row order; a part's bytes carry only its own
+    rows (parts are slices of one gathered table)."""
+    n, buckets = 600, 8
+    urls = [f"http://img/{i % 500}.jpg" for i in range(n)]  # some URLs twice: both rows go to the same bucket
+    judged = match.JudgedBatch({"uid": [f"u{i:04d}" for i in range(n)], "url": urls, "caption": ["c " * 40] * n,
+                                "query_ids": pa.array([[i % 7] for i in range(n)], pa.list_(pa.int32())),
+                                "source": [f"p:{i}" for i in range(n)]}, [])
+    parts = match.BucketParts((), buckets)
+    parts.add(judged, pool.RowBatch([f"p:{i}" for i in range(n)], urls, ["c " * 40] * n))
+    sent = parts.send()
+    want = beamio.buckets_of(urls, buckets).tolist()
+    got = {bucket: match.bytes_table(matched) for bucket, (matched, rejected) in sent}
+    assert all(rejected is None for _, (_, rejected) in sent) and parts.rows == 0
+    for bucket, table in got.items():
+        assert table["uid"].to_pylist() == [f"u{i:04d}" for i in range(n) if want[i] == bucket]
+        assert table["query_ids"].to_pylist() == [[i % 7] for i in range(n) if want[i] == bucket]
+    assert sum(t.num_rows for t in got.values()) == n
+    assert sum(len(matched) for _, (matched, _) in sent) < 2 * len(match.table_bytes(
+        pa.concat_tables(got.values())))  # not the whole table once per bucket
+
+
 # ---- language ID -----------------------------------------------------------------------------------------
 
 def test_fasttext_lid_loads_offline(monkeypatch):
