@@ -167,9 +167,10 @@ def caption_reason(caption: str, min_chars: int, max_chars: int, min_words: int)
 
 MATCHERS = ("pyahocorasick", "ahocorasick-rs")
 # ahocorasick-rs, not the design's pyahocorasick, by measurement (bench/bench_match.py, BENCHMARKS.md): the same
-# matches (tests/test_match.py holds both to the reference), iteration ~1.6x as fast, the whole stage ~1.25x
-# (LID on: 49.8k vs 40.1k captions/s per core) and ~17% less memory for the automaton. pyahocorasick stays
-# one flag away and is measured in every bench run.
+# matches (tests/test_match.py holds both to the reference), iteration ~1.6x and the stage function ~1.3x as fast
+# (interleaved slices, every run), ~1/3 less automaton memory; end to end 1.24x in a quiet run (49.8k vs 40.1k
+# captions/s per core, LID on), within the noise of two noisy ones (+12%, -8%); its automaton takes ~1 s longer
+# to build per worker. pyahocorasick stays one flag away and is measured end to end in every bench run.
 DEFAULT_MATCHER = "ahocorasick-rs"
 
 
