@@ -1031,7 +1031,8 @@ out:
     return done;
 }
 
-static PyObject *Model_predict(Model *M, PyObject *args, PyObject *kwds)
+/* run_batch's answers as a list: (label index, probability) pairs, or label strings (None: below threshold). */
+static PyObject *batch_results(Model *M, PyObject *args, PyObject *kwds, int as_labels)
 {
     int32_t *labels;
     float *probs;
@@ -1040,32 +1041,27 @@ static PyObject *Model_predict(Model *M, PyObject *args, PyObject *kwds)
         return NULL;
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *pair = Py_BuildValue("(id)", (int)labels[i], (double)probs[i]);
-        if (!pair)
+        PyObject *v;
+        if (as_labels)
+            v = Py_NewRef(labels[i] >= 0 ? PyTuple_GET_ITEM(M->labels, labels[i]) : Py_None);
+        else if (!(v = Py_BuildValue("(id)", (int)labels[i], (double)probs[i])))
             Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, i, pair);
+        if (out)
+            PyList_SET_ITEM(out, i, v);
     }
     PyMem_Free(labels);
     PyMem_Free(probs);
     return out;
 }
 
+static PyObject *Model_predict(Model *M, PyObject *args, PyObject *kwds)
+{
+    return batch_results(M, args, kwds, 0);
+}
+
 static PyObject *Model_top_labels(Model *M, PyObject *args, PyObject *kwds)
 {
-    int32_t *labels;
-    float *probs;
-    Py_ssize_t n = run_batch(M, args, kwds, &labels, &probs);
-    if (n < 0)
-        return NULL;
-    PyObject *out = PyList_New(n);
-    for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *v = labels[i] >= 0 ? PyTuple_GET_ITEM(M->labels, labels[i]) : Py_None;
-        PyList_SET_ITEM(out, i, Py_NewRef(v));
-    }
-    PyMem_Free(labels);
-    PyMem_Free(probs);
-    return out;
+    return batch_results(M, args, kwds, 1);
 }
 
 static PyObject *Model_clear_cache(Model *M, PyObject *Py_UNUSED(ignored))

@@ -17,8 +17,8 @@ the first failing check names the row's reject reason:
   4. matching: every query q with `spacing(q)` a substring of `spacing(caption)` (whole tokens,
      case-sensitive; `pipeline.text`, the same functions stage 1 counted with), found with one
      Aho-Corasick pass over the spaced entries (ahocorasick-rs by default; `--matcher pyahocorasick`, the
-     design's named library, gives the same matches: see DEFAULT_MATCHER). The automaton is built once per worker in `DoFn.setup` from the query
-     file's path, never pickled into bundles;
+     design's named library, gives the same matches: see DEFAULT_MATCHER). The automaton is built once per
+     worker in `DoFn.setup` from the query file's path, never pickled into bundles;
   5. language ID (default: English only, fastText lid.176, see `pipeline.lid` for the measurements behind
      the backend and `--lid-min-confidence`) only on rows that matched: LID is the costliest check and can
      change the outcome only there. A row is rejected when its top language is not allowed and at least

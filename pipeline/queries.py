@@ -331,7 +331,7 @@ def attach_first_counts(bucket_counts: tuple, buckets: int, min_count: int, tota
     # the bound depends on c(a) alone: decide once per word, not once per bigram
     firsts = {a for a, n_a in unigrams.items() if max_pmi_with_first(n_a, total) >= floor}
     out: dict[int, dict] = {}
-    b_bucket: dict[str, int] = {}   # blake2b once per distinct second word, not once per bigram
+    b_bucket: dict[str, int] = {}   # bucket_of once per distinct second word, not once per bigram
     for (a, b), n_ab in bigrams.items():
         if n_ab < min_count or a not in firsts:
             continue

@@ -9,6 +9,7 @@ import json
 import socket
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -535,6 +536,13 @@ def test_buckets_of_and_uids_of_equal_their_one_key_versions():
     with pytest.raises(ValueError):
         beamio.buckets_of(keys, 0)
     assert uids_of(keys, keys[::-1]) == [uid_of(u, c) for u, c in zip(keys, keys[::-1])]
+
+
+def test_url_buckets_are_even():
+    """CRC-32 buckets (beamio.bucket_of) spread similar URLs evenly: a bucket is one worker's dedup memory."""
+    urls = [f"http://img.example.com/photos/{i}.jpg" for i in range(32_000)]
+    sizes = np.bincount(beamio.buckets_of(urls, 16), minlength=16)
+    assert sizes.min() > 0.9 * 2_000 and sizes.max() < 1.1 * 2_000, sizes
 
 
 def test_parts_travel_as_arrow_ipc():
