@@ -32,9 +32,10 @@ per-element cost dominated. Now elements are batches, and inside a batch the wor
   - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges; `--split-bytes`)
     so one huge file is read by many workers; a range is read in `pool.RowBatch`es of BATCH_ROWS rows, a list
     per column (parquet straight from Arrow, never a dict per row);
-  - steps 1-5 judge a whole batch per element (`judge_batch`): one Python loop for the cheap checks, then one
-    Aho-Corasick call over all the batch's spaced captions (`QueryMatcher.match_spaced`), one LID call over
-    the captions that matched, one comprehension for the uids; reasons are counted per batch, not per row;
+  - steps 1-5 judge a whole batch per element (`judge_batch`): one loop for the cheap checks, normalisation and
+    spacing (`check_rows`: in C for ASCII rows, pipeline/_matchcore.c, the Python reference for the rest), then
+    one Aho-Corasick call over all the batch's spaced captions (`QueryMatcher.match_spaced`), one LID call over
+    the captions that matched, one call for the uids; reasons are counted per batch, not per row;
   - the survivors and rejects of SEND_ROWS rows (several batches) are split by bucket (`beamio.buckets_of`,
     `--buckets` buckets: the URL for survivors, the source for rejects) into Arrow tables, sent as Arrow IPC
     bytes (a few buffers per part; a pickled table costs a fixed ~0.3 ms, IPC ~0.05 ms);
@@ -57,6 +58,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import html
 import itertools
 import logging
@@ -79,7 +81,7 @@ from pipeline import beamio, lid, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_manifest
 from pipeline.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
-from pipeline.text import spacing, spacing_of_normalized
+from pipeline.text import spacing
 
 STAGE = "match"
 
@@ -109,6 +111,13 @@ REJECTED_SCHEMA = pa.schema([("reason", pa.string()), ("source", pa.string()),
                              ("url", pa.string()), ("caption", pa.string())])
 
 log = logging.getLogger(__name__)
+
+try:
+    from pipeline import _matchcore
+except ImportError as error:  # no C compiler at install time: the Python twins give the same results, slower
+    _matchcore = None
+    log.warning("pipeline._matchcore is not built (%s): the match stage runs its Python twins (same results, "
+                "slower); pip install -e . with a C compiler builds it", error)
 
 
 # ---- pure per-element functions ------------------------------------------------------------------------
@@ -163,6 +172,63 @@ def caption_reason(caption: str, min_chars: int, max_chars: int, min_words: int)
     if min_words > 1 and len(caption.split(" ", min_words)) < min_words:
         return TOO_FEW_WORDS
     return None
+
+
+def checked_row(min_chars: int, max_chars: int, min_words: int, url: Any, caption: Any) -> str | tuple[str, str, str]:
+    """Steps 1-3 of the recipe on one row's raw url and caption: the reject reason, or the normalized
+    (url, caption, spacing(caption)) of a candidate."""
+    reason = raw_values_reason(url, caption)
+    if reason:
+        return reason
+    url, caption = url.strip(), normalize_caption(caption)
+    if not _HTTP_URL.match(url):
+        return NOT_HTTP_URL
+    return caption_reason(caption, min_chars, max_chars, min_words) or (url, caption, spacing(caption))
+
+
+def check_rows_py(urls: list[Any], captions: list[Any], reasons: list[str | None] | None, min_chars: int,
+                  max_chars: int, min_words: int) -> tuple[list[int], list[str], list[str], list[str], list[tuple[int, str]]]:
+    """Steps 1-3 on a batch's columns: (rows, urls, captions, spaced) of the candidates, row indexes ascending, and
+    the rejected rows as (row index, reason) (a reader's reason, when given, comes first). The definition that the
+    C twin `_matchcore.check_rows` is held to (tests/test_matchcore.py)."""
+    rows, out_urls, out_captions, spaced, rejected = [], [], [], [], []
+    for i, url, caption, reason in zip(itertools.count(), urls, captions, reasons or itertools.repeat(None)):
+        verdict = reason or checked_row(min_chars, max_chars, min_words, url, caption)
+        if isinstance(verdict, tuple):
+            rows.append(i)
+            out_urls.append(verdict[0])
+            out_captions.append(verdict[1])
+            spaced.append(verdict[2])
+        else:
+            rejected.append((i, verdict))
+    return rows, out_urls, out_captions, spaced, rejected
+
+
+_REASON_NAMES = (NOT_HTTP_URL, EMPTY_CAPTION, CAPTION_TOO_SHORT, CAPTION_TOO_LONG, TOO_FEW_WORDS)  # _matchcore's order
+
+
+def check_rows(urls: list[Any], captions: list[Any], reasons: list[str | None] | None, min_chars: int, max_chars: int,
+               min_words: int) -> tuple[list[int], list[str], list[str], list[str], list[tuple[int, str]]]:
+    """`check_rows_py`, in C where built: ASCII rows (~96% of real captions) are decided in C at ~1/8 of the
+    Python loop's cost, every other row by `checked_row` (bench: python -m bench.bench_match)."""
+    if _matchcore is None:
+        return check_rows_py(urls, captions, reasons, min_chars, max_chars, min_words)
+    return _matchcore.check_rows(urls, captions, reasons, min_chars, max_chars, min_words,
+                                 functools.partial(checked_row, min_chars, max_chars, min_words), _REASON_NAMES)
+
+
+def hit_columns_py(hits: list[tuple[int, ...]], position_field: int, id_field: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two int64 columns of the Aho-Corasick hits: each hit's position field and id field."""
+    return (np.fromiter(map(operator.itemgetter(position_field), hits), np.int64, len(hits)),
+            np.fromiter(map(operator.itemgetter(id_field), hits), np.int64, len(hits)))
+
+
+def hit_columns(hits: list[tuple[int, ...]], position_field: int, id_field: int) -> tuple[np.ndarray, np.ndarray]:
+    """`hit_columns_py`, in C where built (one pass over the tuples instead of two Python iterator pipelines)."""
+    if _matchcore is None:
+        return hit_columns_py(hits, position_field, id_field)
+    positions, ids = _matchcore.hit_columns(hits, position_field, id_field)
+    return np.frombuffer(positions, np.int64), np.frombuffer(ids, np.int64)
 
 
 MATCHERS = ("pyahocorasick", "ahocorasick-rs")
@@ -234,13 +300,9 @@ class QueryMatcher:
             return pa.ListArray.from_arrays(np.zeros(len(spaced) + 1, np.int32), pa.array([], pa.int32()))
         text = _SEPARATOR.join(spaced)
         if self.backend == "pyahocorasick":
-            hits = list(self._automaton.iter(text))  # (index of the hit's last character, query id)
-            at = np.fromiter(map(_first, hits), np.int64, len(hits))
-            ids = np.fromiter(map(_second, hits), np.int64, len(hits))
+            at, ids = hit_columns(list(self._automaton.iter(text)), 0, 1)  # (index of the hit's last character, id)
         else:
-            hits = self._rs.find_matches_as_indexes(text, overlapping=True)  # (pattern, start, end)
-            at = np.fromiter(map(_second, hits), np.int64, len(hits))
-            ids = np.fromiter(map(_first, hits), np.int64, len(hits))
+            at, ids = hit_columns(self._rs.find_matches_as_indexes(text, overlapping=True), 1, 0)  # (pattern, start, end)
             if self._ids is not None:
                 ids = self._ids[ids]
         # caption i spans [ends[i-1], ends[i] - 1) of the text, the separator sits at ends[i] - 1
@@ -259,7 +321,6 @@ class QueryMatcher:
 
 
 _SEPARATOR = "\n"  # between the spaced captions of a batch (QueryMatcher)
-_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def query_strings(path: str) -> list[str]:
@@ -301,32 +362,9 @@ def judge_batch(batch: pool.RowBatch, matcher: QueryMatcher, identify: lid.Ident
     per row, then spacing and Aho-Corasick over the survivors, language ID once over the captions that matched
     (`identify` answers None for "not sure", which keeps the row: `--lid-min-confidence`), uids for the rows
     kept. Rejected rows are listed in row order within each step."""
-    rejected: list[tuple[int, str]] = []
-    rows, urls, captions = [], [], []  # the candidates after steps 1-3
-    http_url = _HTTP_URL.match
-    # This loop runs once per pool row: the common case is decided inline, every other case by the functions
-    # that define the reasons (raw_values_reason, caption_reason).
-    for i, url, caption, reason in zip(itertools.count(), batch.url, batch.caption,
-                                       batch.reason or itertools.repeat(None)):
-        if not reason and (type(url) is not str or type(caption) is not str or not url):
-            reason = raw_values_reason(url, caption)
-        if not reason:
-            url = url.strip()
-            if "&" in caption or not caption.isascii():  # the rest of normalize_caption, inline
-                caption = normalize_caption(caption)
-            else:
-                caption = " ".join(caption.split())
-            if not http_url(url):
-                reason = NOT_HTTP_URL
-            elif not (caption and min_chars <= len(caption) <= max_chars and min_words <= 1):
-                reason = caption_reason(caption, min_chars, max_chars, min_words)
-        if reason:
-            rejected.append((i, reason))
-        else:
-            rows.append(i)
-            urls.append(url)
-            captions.append(caption)
-    found = matcher.match_spaced(spacing_of_normalized(captions))  # step 4
+    rows, urls, captions, spaced, rejected = check_rows(batch.url, batch.caption, batch.reason, min_chars, max_chars,
+                                                        min_words)  # steps 1-3
+    found = matcher.match_spaced(spaced)  # step 4
     n_found = found.value_lengths().to_numpy(zero_copy_only=False)
     keep = np.flatnonzero(n_found).tolist()
     if len(keep) < len(rows):

@@ -43,35 +43,6 @@ def spacing(text: str) -> str:
     return " " + " ".join(tokenize(text)) + " "
 
 
-def spacing_of_normalized(texts: list[str]) -> list[str]:
-    """`[spacing(t) for t in texts]` for texts already whitespace-normalized (`" ".join(t.split()) == t`, as the
-    match stage's captions are), at about half the cost: such a text without any of the marks is its own token
-    sequence, so it only needs its two pad spaces, and the 60% of real captions that hold a mark need one split.
-    The marks (PUNCT_TO_WRAP) are tested one by one rather than through a loop (a third of the time on ~100-char
-    captions; str.translate is 3x slower); tests/test_text.py holds it equal to `spacing` on texts made of every
-    mark in PUNCT_TO_WRAP, so a mark added there and not here fails it."""
-    spaced = []
-    append = spaced.append
-    for text in texts:
-        wrapped = text
-        if "," in wrapped:
-            wrapped = wrapped.replace(",", " , ")
-        if "." in wrapped:
-            wrapped = wrapped.replace(".", " . ")
-        if ";" in wrapped:
-            wrapped = wrapped.replace(";", " ; ")
-        if ":" in wrapped:
-            wrapped = wrapped.replace(":", " : ")
-        if "?" in wrapped:
-            wrapped = wrapped.replace("?", " ? ")
-        if "!" in wrapped:
-            wrapped = wrapped.replace("!", " ! ")
-        if "`" in wrapped:
-            wrapped = wrapped.replace("`", " ` ")
-        append(f" {text} " if wrapped is text else " " + " ".join(wrapped.split()) + " ")
-    return spaced
-
-
 def is_query_token(token: str) -> bool:
     """True for a token that can stand in the query list (a word, not punctuation or markup)."""
     return bool(_QUERY_TOKEN.match(token)) and bool(_HAS_LETTER.search(token))

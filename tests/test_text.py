@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from pipeline.text import PUNCT_TO_WRAP, is_query_token, normalize_entry, spacing, spacing_of_normalized, tokenize
+from pipeline.text import is_query_token, normalize_entry, spacing, tokenize
 
 
 def metaclip_spacing(text: str) -> str:
@@ -30,13 +30,6 @@ def test_spacing_is_case_sensitive_and_whole_token():
 def test_spacing_equals_metaclip_up_to_whitespace_runs(text):
     assert spacing(text) == " " + " ".join(metaclip_spacing(text).split()) + " "
     assert tokenize(text) == metaclip_spacing(text).split()
-
-
-@given(st.lists(st.text(alphabet=st.sampled_from(list("ab \t\n\rXé\x1c\u2028") + list(PUNCT_TO_WRAP)), max_size=40),
-                max_size=5))
-def test_spacing_of_normalized_equals_spacing(texts):
-    normalized = [" ".join(t.split()) for t in texts]  # as match.normalize_caption leaves captions
-    assert spacing_of_normalized(normalized) == [spacing(t) for t in normalized] == [spacing(t) for t in texts]
 
 
 @given(st.text(max_size=40))
