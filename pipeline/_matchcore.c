@@ -1,8 +1,8 @@
 /* C core of the match stage's per-row work (pipeline/match.py): the cheap checks and normalisation of steps 1-3,
- * MetaCLIP spacing, the Aho-Corasick hits as arrays, and the uids.
+ * MetaCLIP spacing, the Aho-Corasick hits as arrays, the uids, and the URL buckets.
  *
- * Each function has a Python twin that defines it (match.check_rows_py, match.hit_columns_py,
- * records.uids_of_py); tests/test_matchcore.py holds the C to the twin on real-looking and generated rows, and
+ * Each function has a Python twin that defines it (match.check_rows_py, match.hit_columns_py, records.uids_of_py,
+ * beamio.buckets_of_py); tests/test_matchcore.py holds the C to the twin on real-looking and generated rows, and
  * the stage runs the twin where this extension could not be built.
  *
  * check_rows decides ASCII rows itself: a row whose url and caption are ASCII str, the url non-empty and the
@@ -411,7 +411,7 @@ static void b2b_hex16(Blake2b *s, char *hex)
 static PyObject *utf8_bytes(PyObject *s)
 {
     if (!PyUnicode_Check(s)) {
-        PyErr_SetString(PyExc_TypeError, "uids: urls and captions must be str");
+        PyErr_SetString(PyExc_TypeError, "uids and buckets take str values only");
         return NULL;
     }
     return PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
@@ -466,6 +466,76 @@ done:
     return out;
 }
 
+/* ---- CRC-32 (zlib's: reflected 0xEDB88320, inverted in and out), for beamio.buckets_of ---- */
+
+static uint32_t crc_table[8][256];
+
+static void init_crc_table(void)
+{
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t c = b;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][b] = c;
+    }
+    for (int t = 1; t < 8; t++) /* slicing by 8: table t advances a byte through t more zero bytes */
+        for (int b = 0; b < 256; b++)
+            crc_table[t][b] = (crc_table[t - 1][b] >> 8) ^ crc_table[0][crc_table[t - 1][b] & 0xFF];
+}
+
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF] ^
+            crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+    }
+    for (; n; p++, n--)
+        c = crc_table[0][(c ^ *p) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* buckets(keys, n_buckets) -> int64 bytes: (crc32(utf-8 of key, surrogates passed) * n_buckets) >> 32 per key. */
+static PyObject *buckets(PyObject *self, PyObject *args)
+{
+    PyObject *keys_in;
+    long long n_buckets;
+    if (!PyArg_ParseTuple(args, "OL:buckets", &keys_in, &n_buckets))
+        return NULL;
+    if (n_buckets <= 0 || n_buckets >= (1LL << 31)) {
+        PyErr_Format(PyExc_ValueError, "n_buckets must be in [1, 2**31), got %lld", n_buckets);
+        return NULL;
+    }
+    PyObject *keys = PySequence_Fast(keys_in, "buckets: keys must be a sequence");
+    if (!keys)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (!out)
+        goto done;
+    int64_t *b = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PySequence_Fast_GET_ITEM(keys, i);
+        uint32_t crc;
+        if (PyUnicode_Check(key) && PyUnicode_IS_ASCII(key)) {
+            crc = crc32_of(PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key));
+        } else {
+            PyObject *encoded = utf8_bytes(key);
+            if (!encoded) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            crc = crc32_of((const uint8_t *)PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+            Py_DECREF(encoded);
+        }
+        b[i] = (int64_t)(((uint64_t)crc * (uint64_t)n_buckets) >> 32);
+    }
+done:
+    Py_DECREF(keys);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"check_rows", check_rows, METH_VARARGS,
      "check_rows(urls, captions, reasons, min_chars, max_chars, min_words, row_fn, names) -> "
@@ -473,6 +543,8 @@ static PyMethodDef module_methods[] = {
     {"hit_columns", hit_columns, METH_VARARGS,
      "hit_columns(hits, position_field, id_field) -> (positions, ids) as int64 bytes: match.hit_columns_py."},
     {"uids", uids, METH_VARARGS, "uids(urls, captions) -> [uid]: records.uids_of_py (BLAKE2b-128, hex)."},
+    {"buckets", buckets, METH_VARARGS,
+     "buckets(keys, n_buckets) -> int64 bytes: beamio.buckets_of_py (CRC-32 of the UTF-8, scaled to n_buckets)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -484,5 +556,6 @@ static struct PyModuleDef matchcore_module = {
 PyMODINIT_FUNC PyInit__matchcore(void)
 {
     init_tables();
+    init_crc_table();
     return PyModule_Create(&matchcore_module);
 }

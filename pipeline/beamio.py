@@ -44,7 +44,7 @@ def bucket_of(key: str, n_buckets: int) -> int:
     return (zlib.crc32(key.encode("utf-8", "surrogatepass")) * n_buckets) >> 32
 
 
-def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
+def buckets_of_py(keys: list[str], n_buckets: int) -> np.ndarray:
     """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: the checksums in a comprehension, the
     arithmetic in numpy (crc * n < 2**63 for n < 2**31)."""
     if not 0 < n_buckets < 2**31:
@@ -52,6 +52,20 @@ def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
     crc32 = zlib.crc32
     h = np.fromiter([crc32(key.encode("utf-8", "surrogatepass")) for key in keys], np.int64, len(keys))
     return (h * n_buckets) >> 32
+
+
+try:  # the match stage buckets every row it judged: CRC-32 in C, without a bytes object and a call per key
+    from pipeline._matchcore import buckets as _c_buckets
+except ImportError:  # not built: pipeline.match says so once; results are the same
+    _c_buckets = None
+
+
+def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
+    """`buckets_of_py` (str keys), in C (pipeline/_matchcore.c) where built: tests/test_matchcore.py holds the two
+    equal."""
+    if _c_buckets is None:
+        return buckets_of_py(keys, n_buckets)
+    return np.frombuffer(_c_buckets(keys, n_buckets), np.int64)
 
 
 def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:

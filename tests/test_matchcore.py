@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import match, records
+from pipeline import beamio, match, records
 from pipeline.text import PUNCT_TO_WRAP
 
 _matchcore = match._matchcore
@@ -53,7 +53,7 @@ def test_match_core_is_built():
     # Never skipped: `pip install -e .` (make setup) builds the extension wherever gcc and the Python headers
     # exist; without it the stage still works, on the Python twins (several times the CPU per row).
     assert _matchcore is not None, "pipeline._matchcore not built: pip install -e . with a C compiler"
-    assert records._c_uids is not None
+    assert records._c_uids is not None and beamio._c_buckets is not None
 
 
 @needs_c
@@ -140,3 +140,21 @@ def test_uids_across_block_boundaries_and_surrogates():
     assert records.uids_of(["http://a/1.jpg"], ["a dog"]) == [records.uid_of("http://a/1.jpg", "a dog")]
     with pytest.raises(TypeError, match="str"):
         records.uids_of([None], ["a"])
+
+
+@needs_c
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=40) | st.text(alphabet="abc/:.", max_size=300), max_size=20),
+       st.sampled_from([1, 2, 3, 16, 1000, 2**31 - 1]))
+def test_buckets_equal_zlib_crc32(keys, n_buckets):
+    # slicing by 8 in C: lengths below, at and past multiples of 8 bytes, non-ASCII and surrogates included
+    assert beamio.buckets_of(keys, n_buckets).tolist() == beamio.buckets_of_py(keys, n_buckets).tolist()
+
+
+@needs_c
+def test_buckets_refuse_bad_input():
+    with pytest.raises(ValueError, match="n_buckets"):
+        beamio.buckets_of(["a"], 2**31)
+    with pytest.raises(TypeError, match="str"):
+        beamio.buckets_of([b"a"], 4)
+    assert beamio.buckets_of(["\ud800x", "é" * 9], 7).tolist() == [beamio.bucket_of(k, 7) for k in ["\ud800x", "é" * 9]]
