@@ -233,10 +233,10 @@ def hit_columns(hits: list[tuple[int, ...]], position_field: int, id_field: int)
 
 MATCHERS = ("pyahocorasick", "ahocorasick-rs")
 # ahocorasick-rs, not the design's pyahocorasick, by measurement (bench/bench_match.py, BENCHMARKS.md): the same
-# matches (tests/test_match.py holds both to the reference), iteration ~1.6x and the stage function ~1.3x as fast
-# (interleaved slices, every run), ~1/3 less automaton memory; end to end 1.24x in a quiet run (49.8k vs 40.1k
-# captions/s per core, LID on), within the noise of two noisy ones (+12%, -8%); its automaton takes ~1 s longer
-# to build per worker. pyahocorasick stays one flag away and is measured end to end in every bench run.
+# matches (tests/test_match.py holds both to the reference), iteration ~1.6x and the stage function ~1.55x as fast
+# (interleaved slices, every run), ~1/3 less automaton memory; end to end 1.34-1.36x in the two runs after the C
+# core (67.4k vs 50.2k and 72.4k vs 53.4k captions/s per core, LID on); its automaton takes ~1 s longer to build
+# per worker. pyahocorasick stays one flag away and is measured end to end in every bench run.
 DEFAULT_MATCHER = "ahocorasick-rs"
 
 
