@@ -158,3 +158,29 @@ def test_buckets_refuse_bad_input():
     with pytest.raises(TypeError, match="str"):
         beamio.buckets_of([b"a"], 4)
     assert beamio.buckets_of(["\ud800x", "é" * 9], 7).tolist() == [beamio.bucket_of(k, 7) for k in ["\ud800x", "é" * 9]]
+
+
+def test_stage_functions_without_the_c_core(monkeypatch):
+    # Where the extension is not built, judge_batch and the bucket parts run on the Python twins: same results.
+    from pipeline import pool
+    rows = [{"source": f"p:{i}", "url": url, "caption": caption} for i, (url, caption) in enumerate([
+        ("http://a/1", "A dog, in New York."), (" http://a/2 ", "new\tyork  at night"), ("ftp://a/3", "a dog"),
+        ("http://a/4", "Caf&eacute; in New York!"), ("http://a/5", "nothing here"), ("http://a/6", None)])]
+    matcher = match.QueryMatcher(["dog", "New York", "new york", "night"])
+
+    def judged_and_parts():
+        batch = pool.RowBatch.from_rows(rows)
+        judged = match.judge_batch(batch, matcher, None, (), 5, 2000, 1)
+        parts = match.BucketParts((), 4)
+        parts.add(judged, batch)
+        return judged.records(), judged.rejected, parts.send()
+
+    built = judged_and_parts()
+    monkeypatch.setattr(match, "_matchcore", None)
+    monkeypatch.setattr(records, "_c_uids", None)
+    monkeypatch.setattr(beamio, "_c_buckets", None)
+    assert judged_and_parts() == built
+    kept, rejected, _ = built
+    assert [r["url"] for r in kept] == ["http://a/1", "http://a/2", "http://a/4"]
+    assert [r["query_ids"] for r in kept] == [[0, 1], [2, 3], [1]]
+    assert rejected == [(2, match.NOT_HTTP_URL), (5, match.MISSING_CAPTION), (4, match.NO_QUERY_MATCH)]
