@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import logging
 import sys
 import time
@@ -42,7 +43,10 @@ from typing import Any, Iterable
 
 import apache_beam as beam
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import beamio, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
@@ -182,9 +186,66 @@ def plot_entry_counts(before: list[int], after: list[int], t: int, path: str) ->
 
 
 # ---- Beam ---------------------------------------------------------------------------------------------
+#
+# Elements are Arrow tables of matched pairs (a parquet batch of up to BATCH_ROWS rows each), not a dict per
+# pair: the first design (ReadAllFromParquet, one dict per pair through every step) ran at ~6k pairs/s per core,
+# nearly all of it Beam's per-element coding. Inside a table the decisions are column-wise where the outcome is
+# certain without hashing (a pair holding a tail entry is kept with probability 1 in metaclip mode; a pair
+# holding no head entry passes every strict threshold), and the pure functions above decide every other pair,
+# one by one, so the kept set is the reference's by construction.
+
+BATCH_ROWS = 65_536
+
+
+class ReadMatchedFn(beam.DoFn):
+    """A match part file -> its pairs as tables of at most `batch_rows` rows (`uid, url, caption, query_ids`)."""
+
+    def __init__(self, batch_rows: int = BATCH_ROWS):
+        self.batch_rows = batch_rows
+
+    def process(self, path: str):
+        with fsspec.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows, columns=list(MATCHED_COLUMNS)):
+                yield pa.Table.from_batches([batch]).select(list(MATCHED_COLUMNS))
+
+
+class PairColumns:
+    """The columns balancing reads from a table of pairs: per pair its entries (flat ids and their pair), the
+    entries' counts, and whether the pair holds a tail (count <= t) or a head (count > t) entry."""
+
+    def __init__(self, table: pa.Table, counts: dict[int, int], t: int):
+        ids = table.column("query_ids").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
+        self.n = table.num_rows
+        self.lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
+        self.flat = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.parent = pc.list_parent_indices(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        get = counts.get
+        self.entry_counts = np.fromiter(map(get, self.flat.tolist(), itertools.repeat(0)), np.int64, len(self.flat))
+        tail = self.entry_counts <= t
+        self.has_tail = np.bincount(self.parent[tail], minlength=self.n) > 0
+        self.has_head = np.bincount(self.parent[~tail], minlength=self.n) > 0
+        self.uids = table.column("uid")
+        self.ids = ids
+
+    def pairs(self, mask: np.ndarray) -> Iterable[tuple[int, str, list[int]]]:
+        """(row index, uid, query ids) of the rows where mask is true: one take and one conversion per table."""
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            return []
+        index = pa.array(rows)
+        return zip(rows.tolist(), self.uids.take(index).to_pylist(), self.ids.take(index).to_pylist())
+
+
+def _head_entry_keys(table: pa.Table, counts: dict[int, int], t: int, seed: int):
+    cols = PairColumns(table, counts, t)
+    for _, uid, qids in cols.pairs(cols.has_head):
+        key = strict_key(uid, qids, counts, seed)
+        yield from ((qid, key) for qid in qids if counts[qid] > t)
+
 
 class DecideKeepFn(beam.DoFn):
-    """Matched pair -> balanced row (main) or (uid, reason) on 'dropped'; counts read/kept/rejected."""
+    """Table of pairs -> its kept rows (main, BALANCED_SCHEMA) and its dropped (uid, reason) rows ('dropped');
+    counts read/kept/rejected and the expected kept size (metaclip's probabilities, in millionths)."""
 
     def __init__(self, mode: str, t: int, seed: int):
         self.mode, self.t, self.seed = mode, t, seed
@@ -193,35 +254,43 @@ class DecideKeepFn(beam.DoFn):
         self.no_ids = counter(STAGE, f"rejected_{NO_QUERY_IDS}")
         self.expected = counter(STAGE, "expected_kept_millionths")
 
-    def process(self, pair: dict[str, Any], counts: dict[int, int], thresholds: dict[int, tuple]):
-        self.read.inc()
-        uid, qids = pair["uid"], pair["query_ids"]
-        if not qids:
-            self.no_ids.inc()
-            yield beam.pvalue.TaggedOutput("dropped", {"uid": uid, "reason": NO_QUERY_IDS})
-            return
-        self.expected.inc(round(pair_keep_probability(qids, counts, self.t) * EXPECTED_SCALE))
-        if self.mode == "metaclip":
-            keep = metaclip_keep(uid, qids, counts, self.t, self.seed)
-        else:
-            keep = strict_keep(strict_key(uid, qids, counts, self.seed), qids, counts, thresholds, self.t)
-        if keep:
-            self.kept.inc()
-            yield {"url": pair["url"], "caption": pair["caption"], "uid": uid, "query_ids": list(qids)}
-        else:
-            self.balanced_out.inc()
-            yield beam.pvalue.TaggedOutput("dropped", {"uid": uid, "reason": BALANCED_OUT})
-
-
-def _head_entry_keys(pair: dict[str, Any], counts: dict[int, int], t: int, seed: int):
-    qids = pair["query_ids"]
-    if qids and any(counts[q] > t for q in qids):
-        key = strict_key(pair["uid"], qids, counts, seed)
-        yield from ((qid, key) for qid in qids if counts[qid] > t)
+    def process(self, table: pa.Table, counts: dict[int, int], thresholds: dict[int, tuple]):
+        t, seed = self.t, self.seed
+        cols = PairColumns(table, counts, t)
+        has_ids = cols.lengths > 0
+        # metaclip: a tail entry keeps the pair (p = 1); strict: a pair without head entries passes every threshold
+        keep = cols.has_tail & has_ids if self.mode == "metaclip" else ~cols.has_head & has_ids
+        # a pair with a tail entry is kept with probability exactly 1 (one factor 1 - p_e is 0)
+        expected = int(np.count_nonzero(cols.has_tail)) * EXPECTED_SCALE
+        for i, uid, qids in cols.pairs(has_ids & ~cols.has_tail):  # head entries only: hashes decide
+            expected += round(pair_keep_probability(qids, counts, t) * EXPECTED_SCALE)
+            if self.mode == "metaclip":
+                keep[i] = metaclip_keep(uid, qids, counts, t, seed)
+        if self.mode == "strict":
+            for i, uid, qids in cols.pairs(cols.has_head):
+                keep[i] = strict_keep(strict_key(uid, qids, counts, seed), qids, counts, thresholds, t)
+        n_kept, n_no_ids = int(np.count_nonzero(keep)), int(np.count_nonzero(~has_ids))
+        self.read.inc(cols.n)
+        self.expected.inc(expected)
+        if n_kept:
+            self.kept.inc(n_kept)
+        if n_no_ids:
+            self.no_ids.inc(n_no_ids)
+        if cols.n - n_kept - n_no_ids:
+            self.balanced_out.inc(cols.n - n_kept - n_no_ids)
+        if n_kept:
+            yield table.filter(pa.array(keep)).select(BALANCED_SCHEMA.names).cast(BALANCED_SCHEMA)
+        if n_kept < cols.n:
+            dropped = table.filter(pa.array(~keep))
+            reasons = np.where(has_ids[~keep], BALANCED_OUT, NO_QUERY_IDS)
+            yield beam.pvalue.TaggedOutput("dropped", pa.table({"uid": dropped.column("uid"),
+                                                                "reason": pa.array(reasons, pa.string())},
+                                                               schema=REJECTED_SCHEMA))
 
 
 class CapPairsPerQuery(beam.PTransform):
-    """Matched pairs -> (kept rows, dropped (uid, reason), per-entry counts before, per-entry counts after)."""
+    """Tables of matched pairs -> (kept tables, dropped (uid, reason) tables, per-entry counts before, per-entry
+    counts after)."""
 
     def __init__(self, t: int = T, seed: int = 0, mode: str = "metaclip"):
         super().__init__()
@@ -229,26 +298,26 @@ class CapPairsPerQuery(beam.PTransform):
             raise ValueError(f"mode must be one of {MODES} and t >= 1 (got {mode!r}, {t})")
         self.t, self.seed, self.mode = t, seed, mode
 
-    def expand(self, pairs):
-        counts = (pairs
-                  | "QueryIds" >> beam.Map(lambda p: p["query_ids"] or [])
-                  | "CountPerQuery" >> beam.CombineGlobally(beamio.CountQueryIdsFn()))
+    def expand(self, tables):
+        counts = (tables
+                  | "CountTable" >> beam.Map(lambda table: beamio.query_id_counts(table.column("query_ids")))
+                  | "CountPerQuery" >> beam.CombineGlobally(beamio.AddCountsFn()))
         counts_side = beam.pvalue.AsSingleton(counts)
         if self.mode == "strict":
-            thresholds = (pairs
+            thresholds = (tables
                           | "HeadEntryKeys" >> beam.FlatMap(_head_entry_keys, counts=counts_side, t=self.t,
                                                             seed=self.seed)
                           | "TopTPerEntry" >> beam.combiners.Top.SmallestPerKey(self.t)
                           | "Threshold" >> beam.Map(lambda kv: (kv[0], kv[1][-1]))
                           | "ToDict" >> beam.combiners.ToDict())
         else:
-            thresholds = pairs.pipeline | "NoThresholds" >> beam.Create([{}])
-        decided = pairs | "DecideKeep" >> beam.ParDo(
+            thresholds = tables.pipeline | "NoThresholds" >> beam.Create([{}])
+        decided = tables | "DecideKeep" >> beam.ParDo(
             DecideKeepFn(self.mode, self.t, self.seed), counts=counts_side,
             thresholds=beam.pvalue.AsSingleton(thresholds)).with_outputs("dropped", main="kept")
         counts_after = (decided.kept
-                        | "KeptQueryIds" >> beam.Map(lambda r: r["query_ids"])
-                        | "CountKeptPerQuery" >> beam.CombineGlobally(beamio.CountQueryIdsFn()))
+                        | "CountKeptTable" >> beam.Map(lambda table: beamio.query_id_counts(table.column("query_ids")))
+                        | "CountKeptPerQuery" >> beam.CombineGlobally(beamio.AddCountsFn()))
         return decided.kept, decided.dropped, counts, counts_after
 
 
@@ -265,8 +334,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(argv)
 
 
-def matched_files(matched: str) -> tuple[list[str], list[str]]:
-    """(part files, query list from query_counts.tsv) of a match output; ValueError if it is not one."""
+def matched_files(matched: str) -> tuple[list[str], str]:
+    """(part files, path of query_counts.tsv) of a match output; ValueError if it is not one."""
     fs, root = fsspec.core.url_to_fs(matched)
     parts = sorted(fs.glob(f"{root}/part-*.parquet"))
     if not parts:
@@ -276,12 +345,19 @@ def matched_files(matched: str) -> tuple[list[str], list[str]]:
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
         with fsspec.open(counts_path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            header = f.readline().rstrip("\r\n")
     except FileNotFoundError:
         raise ValueError(f"{counts_path}: missing (run the match stage first)") from None
-    if not lines or lines[0] != "query_id\tquery\tcount":
+    if header != "query_id\tquery\tcount":
         raise ValueError(f"{counts_path}: not a query_counts.tsv (header 'query_id, query, count')")
-    return paths, [line.split("\t")[1] for line in lines[1:]]
+    return paths, counts_path
+
+
+def query_names(counts_path: str) -> list[str]:
+    """The `query` column of a query_counts.tsv (read where it is needed: a list of 500k names captured in a
+    transform would be pickled and compressed into the pipeline, ~2 CPU-s)."""
+    with fsspec.open(counts_path, "rt", encoding="utf-8") as f:
+        return [line.split("\t", 2)[1] for line in f.read().splitlines()[1:]]
 
 
 def read_entry_counts(path: str) -> tuple[list[int], list[int]]:
@@ -297,23 +373,24 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         if args.t < 1 or args.rows_per_file < 1:
             raise ValueError("--t and --rows-per-file must be >= 1")
-        parts, queries = matched_files(args.matched)
+        parts, counts_path = matched_files(args.matched)
     except ValueError as e:
         raise SystemExit(f"balance: {e}") from None
     out = args.out.rstrip("/")
     beamio.clear_previous_output(out)
 
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
-        pairs = (p
-                 | "ListMatched" >> beam.Create(parts)
-                 | "ReadMatched" >> beam.io.ReadAllFromParquet(columns=list(MATCHED_COLUMNS)))
-        kept, dropped, counts, counts_after = pairs | "CapPairs" >> CapPairsPerQuery(args.t, args.seed, args.mode)
+        tables = (p
+                  | "ListMatched" >> beam.Create(parts)
+                  | "SpreadFiles" >> beam.Reshuffle()
+                  | "ReadMatched" >> beam.ParDo(ReadMatchedFn()))
+        kept, dropped, counts, counts_after = tables | "CapPairs" >> CapPairsPerQuery(args.t, args.seed, args.mode)
         _ = kept | "WriteBalanced" >> beamio.WriteParquetFiles(
-            f"{out}/part", BALANCED_SCHEMA, lambda r: r["uid"], rows_per_file=args.rows_per_file)
-        _ = dropped | "WriteDropped" >> beam.io.WriteToParquet(  # layout per bundle: no shuffle for dropped uids
+            f"{out}/part", BALANCED_SCHEMA, "uid", rows_per_file=args.rows_per_file)
+        _ = dropped | "WriteDropped" >> beam.io.WriteToParquetBatched(  # layout per bundle: no shuffle for these
             f"{out}/rejected/part", REJECTED_SCHEMA, codec="zstd", file_name_suffix=".parquet")
         _ = counts | "WriteEntryCounts" >> beam.Map(
-            lambda before, after: beamio.write_counts_tsv(f"{out}/entry_counts.tsv", queries,
+            lambda before, after: beamio.write_counts_tsv(f"{out}/entry_counts.tsv", query_names(counts_path),
                                                           {"before": before, "after": after}),
             after=beam.pvalue.AsSingleton(counts_after))
     totals = read_counters(p.result, STAGE)
@@ -325,7 +402,7 @@ def run(argv: list[str] | None = None) -> dict:
     write_json_atomic(f"{out}/stats.json", stats)
     plot_entry_counts(before, after, args.t, f"{out}/entry_counts.png")
     settings = dict(vars(args), beam_args=beam_args)
-    inputs = [beamio.input_info(path) for path in (*parts, f"{args.matched.rstrip('/')}/query_counts.tsv")]
+    inputs = [beamio.input_info(path) for path in (*parts, counts_path)]
     manifest = write_manifest(out, stage=STAGE, settings=settings, inputs=inputs, counters=counters,
                               wall_time_s=time.monotonic() - started, extra={"stats": stats})
     log.info("balance (%s, t=%d): %d -> %d pairs; tail share %.3f -> %.3f", args.mode, args.t, counters["read"],

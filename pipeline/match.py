@@ -80,6 +80,7 @@ from apache_beam.transforms.window import GlobalWindows
 from pipeline import beamio, lid, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_manifest
+from pipeline.beamio import bytes_table, table_bytes
 from pipeline.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
 from pipeline.text import spacing
 
@@ -480,13 +481,7 @@ class BucketParts:
             return {}
         table = pa.Table.from_arrays([pa.concat_arrays(columns[f.name]) if f.name == "query_ids" else  # chunks
                                       pa.array(columns[f.name], f.type) for f in schema], schema=schema)
-        buckets = beamio.buckets_of(columns[key], self.buckets)
-        ordered = table.take(np.argsort(buckets, kind="stable"))  # by bucket, in row order within one
-        ends = np.cumsum(np.bincount(buckets, minlength=self.buckets))
-        # Slices of one gather (a third of the cost of a take per bucket): the IPC writer of `table_bytes` writes
-        # only a slice's own rows (a pickled slice would carry the buffers of the whole table).
-        return {bucket: ordered.slice(end - count, count) for bucket, (end, count)
-                in enumerate(zip(ends, np.diff(ends, prepend=0))) if count}
+        return beamio.parts_by_bucket(table, beamio.buckets_of(columns[key], self.buckets), self.buckets)
 
     def send(self) -> list[tuple[int, tuple[bytes | None, bytes | None]]]:
         """The parts per bucket that holds any row, in bucket order; the buffer is emptied."""
@@ -495,21 +490,6 @@ class BucketParts:
         self.clear()
         return [(bucket, (table_bytes(matched.get(bucket)), table_bytes(rejected.get(bucket))))
                 for bucket in sorted(matched.keys() | rejected.keys())]
-
-
-def table_bytes(table: pa.Table | None) -> bytes | None:
-    """A table as Arrow IPC stream bytes (None stays None): what parts travel as between the judge and the buckets."""
-    if table is None:
-        return None
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def bytes_table(data: bytes) -> pa.Table:
-    """The table of `table_bytes`."""
-    return pa.ipc.open_stream(data).read_all()
 
 
 class JudgeBatchFn(beam.DoFn):
@@ -585,15 +565,7 @@ class WriteBucketFn(beam.DoFn):
         name = f"part-{bucket:05d}-of-{self.buckets:05d}.parquet"
         beamio.write_parquet_file(f"{self.out}/{name}", kept, kept.schema)
         beamio.write_parquet_file(f"{self.out}/rejected/{name}", rejected, REJECTED_SCHEMA)
-        counts = pc.value_counts(pc.list_flatten(kept["query_ids"]))
-        yield dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-
-
-class AddQueryCountsFn(beamio.CountQueryIdsFn):
-    """Per-bucket {query_id: count} dicts -> their sum (the buckets hold disjoint rows)."""
-
-    def add_input(self, acc: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
-        return beamio.add_counts(acc, counts)
+        yield beamio.query_id_counts(kept["query_ids"])
 
 
 class ReadCandidatePool(beam.PTransform):
@@ -709,7 +681,7 @@ def run(argv: list[str] | None = None) -> dict:
             args.min_words, keep_cols, args.matcher, args.buckets, args.lid_min_confidence)
         _ = (bucket_results
              | "WriteBuckets" >> beam.ParDo(WriteBucketFn(out, args.buckets))
-             | "CountPerQuery" >> beam.CombineGlobally(AddQueryCountsFn())
+             | "CountPerQuery" >> beam.CombineGlobally(beamio.AddCountsFn())
              | "WriteQueryCounts" >> beam.Map(
                  lambda counts: beamio.write_counts_tsv(f"{out}/query_counts.tsv", query_strings(args.queries),
                                                         {"count": counts})))

@@ -138,13 +138,36 @@ def random_pairs(n: int, n_entries: int, seed: int = 1) -> list[dict]:
 def test_cap_pairs_transform_agrees_with_reference(mode):
     rows = random_pairs(150, 12)
     expected = balance.select_pairs([(r["uid"], r["query_ids"]) for r in rows], t=12, seed=7, mode=mode)
+    tables = [pa.Table.from_pylist(rows[k::3], schema=matched_schema()) for k in range(3)]
     with TestPipeline(argv=FAST) as p:
-        kept, dropped, counts, _ = p | beam.Create(rows) | balance.CapPairsPerQuery(t=12, seed=7, mode=mode)
-        assert_that(kept | "KeptUids" >> beam.Map(lambda r: r["uid"]), equal_to(sorted(expected)), label="Kept")
-        assert_that(dropped | "DroppedUids" >> beam.Map(lambda r: r["uid"]),
+        kept, dropped, counts, _ = p | beam.Create(tables) | balance.CapPairsPerQuery(t=12, seed=7, mode=mode)
+        assert_that(kept | "KeptUids" >> beam.FlatMap(lambda t: t.column("uid").to_pylist()),
+                    equal_to(sorted(expected)), label="Kept")
+        assert_that(dropped | "DroppedUids" >> beam.FlatMap(lambda t: t.column("uid").to_pylist()),
                     equal_to(sorted({r["uid"] for r in rows} - expected)), label="Dropped")
         assert_that(counts, equal_to([balance.count_entries([(r["uid"], r["query_ids"]) for r in rows])]),
                     label="Counts")
+
+
+@pytest.mark.parametrize("mode", balance.MODES)
+def test_decide_keep_on_a_table_matches_the_pure_functions(mode):
+    # Column-wise shortcuts (tail entry -> kept in metaclip mode; no head entry -> kept in strict mode) plus the
+    # pure functions for the rest must give the reference's decisions; empty and null id lists are no_query_ids.
+    rows = random_pairs(300, 8, seed=5)
+    rows[3]["query_ids"], rows[7]["query_ids"] = [], None
+    pairs = [(r["uid"], r["query_ids"] or []) for r in rows]
+    counts = balance.count_entries(pairs)
+    thresholds = balance.strict_thresholds([p for p in pairs if p[1]], counts, 20, 4)
+    table = pa.Table.from_pylist(rows, schema=matched_schema())
+    out = list(balance.DecideKeepFn(mode, 20, 4).process(table, counts, thresholds))
+    kept = next(o for o in out if isinstance(o, pa.Table))
+    dropped = next(o.value for o in out if not isinstance(o, pa.Table))
+    assert set(kept.column("uid").to_pylist()) == balance.select_pairs([p for p in pairs if p[1]], 20, 4, mode)
+    assert kept.schema == balance.BALANCED_SCHEMA and dropped.schema == balance.REJECTED_SCHEMA
+    reasons = dict(zip(dropped.column("uid").to_pylist(), dropped.column("reason").to_pylist()))
+    assert reasons[rows[3]["uid"]] == reasons[rows[7]["uid"]] == balance.NO_QUERY_IDS
+    assert kept.num_rows + dropped.num_rows == 300 and set(reasons.values()) == {balance.NO_QUERY_IDS,
+                                                                                  balance.BALANCED_OUT}
 
 
 # ---- run() end to end ------------------------------------------------------------------------------------
