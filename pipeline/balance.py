@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from pipeline import beamio, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_json_atomic, write_manifest
-from pipeline.records import MATCHED_COLUMNS
+from pipeline.records import MATCHED_COLUMNS, text_lines
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
@@ -356,14 +356,16 @@ def matched_files(matched: str) -> tuple[list[str], str]:
 def query_names(counts_path: str) -> list[str]:
     """The `query` column of a query_counts.tsv (read where it is needed: a list of 500k names captured in a
     transform would be pickled and compressed into the pipeline, ~2 CPU-s)."""
-    with fsspec.open(counts_path, "rt", encoding="utf-8") as f:
-        return [line.split("\t", 2)[1] for line in f.read().splitlines()[1:]]
+    with fsspec.open(counts_path, "rt", encoding="utf-8", newline="") as f:
+        return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 
 def read_entry_counts(path: str) -> tuple[list[int], list[int]]:
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
-    return [int(r[2]) for r in rows], [int(r[3]) for r in rows]
+    """The `before` and `after` columns of entry_counts.tsv (one read and split: fsspec's readlines took 2 s for
+    412k lines)."""
+    with fsspec.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = [line.rsplit("\t", 2) for line in text_lines(f.read())[1:]]
+    return [int(r[1]) for r in rows], [int(r[2]) for r in rows]
 
 
 def run(argv: list[str] | None = None) -> dict:
