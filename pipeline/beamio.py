@@ -22,7 +22,7 @@ import itertools
 import logging
 import math
 import zlib
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import apache_beam as beam
 import fsspec
