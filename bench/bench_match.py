@@ -439,8 +439,11 @@ def markdown(r: dict) -> str:
         if key not in e2e:
             continue
         run = e2e[key]
+        beside = statistics.median(run["bare_rates"]) if run.get("bare_rates") else None
+        same_conditions = (f"; {run['marginal_captions_per_s'] / beside:.2f}x the bare matching measured beside these "
+                           f"runs (median {beside:,.0f}/s)") if beside else ""
         lines.append(f"| **`match.run` end to end, FnApiRunner 1 worker, {label}: marginal (steady state; the "
-                     f"target's rate)** | **{versus(run['marginal_captions_per_s'], bare_e2e)}** | "
+                     f"target's rate)** | **{versus(run['marginal_captions_per_s'], bare_e2e)}**{same_conditions} | "
                      ">= 2,000x, >= 0.5x |")
         lines.append(f"| `match.run` end to end, {label}, counting start-up | "
                      f"{run['captions_per_s_with_startup']:,} captions/s ({e2e['captions']:,} captions, "
