@@ -1,9 +1,10 @@
 /* C core of the match stage's per-row work (pipeline/match.py): the cheap checks and normalisation of steps 1-3,
- * MetaCLIP spacing, the Aho-Corasick hits as arrays, the uids, and the URL buckets.
+ * MetaCLIP spacing, the Aho-Corasick hits as arrays, the uids, and the URL buckets; and, for the balance stage,
+ * MetaCLIP's seeded draws (BLAKE2b is here already).
  *
  * Each function has a Python twin that defines it (match.check_rows_py, match.hit_columns_py, records.uids_of_py,
- * beamio.buckets_of_py); tests/test_matchcore.py holds the C to the twin on real-looking and generated rows, and
- * the stage runs the twin where this extension could not be built.
+ * beamio.buckets_of_py, balance.head_only_draws_py); tests/test_matchcore.py holds the C to the twin on
+ * real-looking and generated rows, and the stages run the twin where this extension could not be built.
  *
  * check_rows decides ASCII rows itself: a row whose url and caption are ASCII str, the url non-empty and the
  * caption free of '&' (no HTML reference to unescape, nothing for NFC to do). Every other row (~4% of real
@@ -536,6 +537,97 @@ done:
     return out;
 }
 
+/* ---- balance: MetaCLIP's seeded draws for pairs whose entries are all head entries (count > t) ---- */
+
+/* Python's round(x) for 0 <= x < 2^52: to the nearest integer, ties to even. */
+static long long round_half_even(double x)
+{
+    long long whole = (long long)x; /* floor, x >= 0 */
+    double rest = x - (double)whole; /* exact below 2^52 */
+    return whole + (rest > 0.5 || (rest == 0.5 && (whole & 1)));
+}
+
+/* The big-endian value of an 8-byte BLAKE2b digest (int.from_bytes(digest, "big")). */
+static uint64_t b2b_digest8_be(Blake2b *s)
+{
+    s->t += s->filled;
+    memset(s->block + s->filled, 0, 128 - s->filled);
+    b2b_compress(s, 1);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | (uint8_t)(s->h[0] >> (8 * i));
+    return v;
+}
+
+/* metaclip_draws(prefix, uids, offsets, ids, counts, t) -> (keep, expected_millionths), for pairs i = 0..n-1 with
+ * entries ids[offsets[i]:offsets[i+1]] (counts: each entry's count, all > t). The pure functions of
+ * pipeline/balance.py define it: keep[i] = metaclip_keep(...) (some entry's unit_hash(seed, uid, id) < t / count),
+ * expected = sum of round(pair_keep_probability(...) * 1e6), with the same double operations in the same order
+ * (t / count and the product of 1 - p_e are correctly rounded IEEE operations, the hash's 64-bit value is
+ * converted with one rounding and scaled by 2^-64 exactly, and round_half_even rounds like Python's round()).
+ * prefix is str(seed) + '\x1f' as UTF-8; offsets, ids and counts are int64 buffers. */
+static PyObject *metaclip_draws(PyObject *self, PyObject *args)
+{
+    Py_buffer prefix, offsets_buf, ids_buf, counts_buf;
+    PyObject *uids_in;
+    long long t;
+    if (!PyArg_ParseTuple(args, "y*Oy*y*y*L:metaclip_draws", &prefix, &uids_in, &offsets_buf, &ids_buf, &counts_buf,
+                          &t))
+        return NULL;
+    PyObject *uids = NULL, *keep = NULL, *result = NULL;
+    if (!(uids = PySequence_Fast(uids_in, "metaclip_draws: uids must be a sequence")))
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(uids), n_entries = ids_buf.len / 8;
+    const int64_t *offsets = offsets_buf.buf, *ids = ids_buf.buf, *counts = counts_buf.buf;
+    if (offsets_buf.len != (n + 1) * 8 || ids_buf.len % 8 || counts_buf.len != ids_buf.len || offsets[0] != 0 ||
+        offsets[n] != n_entries || t < 1) {
+        PyErr_SetString(PyExc_ValueError, "metaclip_draws: offsets, ids and counts do not describe the uids' entries");
+        goto done;
+    }
+    if (!(keep = PyBytes_FromStringAndSize(NULL, n)))
+        goto done;
+    uint8_t *k = (uint8_t *)PyBytes_AS_STRING(keep);
+    long long expected = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *uid = PySequence_Fast_GET_ITEM(uids, i);
+        if (!PyUnicode_Check(uid) || !PyUnicode_IS_ASCII(uid) || offsets[i] > offsets[i + 1]) {
+            PyErr_SetString(PyExc_ValueError, "metaclip_draws: uids must be ASCII str and offsets ascending");
+            goto done;
+        }
+        double miss = 1.0;
+        int kept = 0;
+        for (int64_t e = offsets[i]; e < offsets[i + 1]; e++) {
+            if (counts[e] <= t) {
+                PyErr_SetString(PyExc_ValueError, "metaclip_draws: an entry with count <= t");
+                goto done;
+            }
+            double p = (double)t / (double)counts[e];
+            miss *= 1.0 - p;
+            char digits[24];
+            int nd = snprintf(digits, sizeof digits, "%lld", (long long)ids[e]);
+            Blake2b state;
+            b2b_init(&state, 8);
+            b2b_update(&state, prefix.buf, prefix.len);
+            b2b_update(&state, PyUnicode_DATA(uid), PyUnicode_GET_LENGTH(uid));
+            b2b_update(&state, (const uint8_t *)"\x1f", 1);
+            b2b_update(&state, (const uint8_t *)digits, nd);
+            double draw = (double)b2b_digest8_be(&state) / 18446744073709551616.0; /* / 2^64 */
+            kept |= draw < p;
+        }
+        k[i] = (uint8_t)kept;
+        expected += round_half_even((1.0 - miss) * 1000000.0);
+    }
+    result = Py_BuildValue("(OL)", keep, expected);
+done:
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&offsets_buf);
+    PyBuffer_Release(&ids_buf);
+    PyBuffer_Release(&counts_buf);
+    Py_XDECREF(uids);
+    Py_XDECREF(keep);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"check_rows", check_rows, METH_VARARGS,
      "check_rows(urls, captions, reasons, min_chars, max_chars, min_words, row_fn, names) -> "
@@ -545,6 +637,9 @@ static PyMethodDef module_methods[] = {
     {"uids", uids, METH_VARARGS, "uids(urls, captions) -> [uid]: records.uids_of_py (BLAKE2b-128, hex)."},
     {"buckets", buckets, METH_VARARGS,
      "buckets(keys, n_buckets) -> int64 bytes: beamio.buckets_of_py (CRC-32 of the UTF-8, scaled to n_buckets)."},
+    {"metaclip_draws", metaclip_draws, METH_VARARGS,
+     "metaclip_draws(prefix, uids, offsets, ids, counts, t) -> (keep bytes, expected millionths): "
+     "balance.head_only_draws_py."},
     {NULL, NULL, 0, NULL},
 };
 

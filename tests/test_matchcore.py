@@ -5,14 +5,17 @@ filters, MetaCLIP spacing) on rows built from the characters where the two could
 whitespace character Python's str.split()/strip() and the regex class \\s know (\\x1c-\\x1f included), the
 punctuation marks of text.PUNCT_TO_WRAP, URL delimiters, scheme spellings, '&' references, non-ASCII letters
 and spaces, non-string values and readers' reasons. `hit_columns` and `uids` are held to theirs on generated
-input (BLAKE2b across its 128-byte block boundaries, surrogates passed through as records.uid_of encodes them).
+input (BLAKE2b across its 128-byte block boundaries, surrogates passed through as records.uid_of encodes them),
+and balance's `metaclip_draws` to `balance.head_only_draws_py` (metaclip_keep and pair_keep_probability).
 """
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import beamio, match, records
+from pipeline import balance, beamio, match, records
 from pipeline.text import PUNCT_TO_WRAP
 
 _matchcore = match._matchcore
@@ -184,3 +187,50 @@ def test_stage_functions_without_the_c_core(monkeypatch):
     assert [r["url"] for r in kept] == ["http://a/1", "http://a/2", "http://a/4"]
     assert [r["query_ids"] for r in kept] == [[0, 1], [2, 3], [1]]
     assert rejected == [(2, match.NOT_HTTP_URL), (5, match.MISSING_CAPTION), (4, match.NO_QUERY_MATCH)]
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=6, unique=True), min_size=0, max_size=30),
+       st.integers(1, 6), st.integers(-3, 2**40))
+def test_metaclip_draws_equal_the_pure_functions(id_lists, t, seed):
+    # Pairs whose entries all have count > t: the C draws and expected size equal metaclip_keep and
+    # pair_keep_probability (same hashes, same double operations, round half to even).
+    counts = {qid: t + 1 + (qid * 7919) % 50 for qid in range(41)}
+    uids = [records.uid_of(f"http://x/{i}", "c") for i in range(len(id_lists))]
+    offsets = np.cumsum([0] + [len(ids) for ids in id_lists]).astype(np.int64)
+    flat = np.array([q for ids in id_lists for q in ids], np.int64)
+    keep, expected = _matchcore.metaclip_draws(f"{seed}\x1f".encode(), uids, offsets, flat,
+                                               np.array([counts[q] for q in flat], np.int64), t)
+    want_keep, want_expected = balance.head_only_draws_py(seed, uids, id_lists, counts, t)
+    assert list(keep) == [int(k) for k in want_keep] and expected == want_expected
+
+
+@needs_c
+def test_metaclip_draws_refuse_inconsistent_input():
+    offsets, ids = np.array([0, 2], np.int64), np.array([1, 2], np.int64)
+    with pytest.raises(ValueError, match="count <= t"):
+        _matchcore.metaclip_draws(b"0\x1f", ["ab"], offsets, ids, np.array([5, 1], np.int64), 3)
+    with pytest.raises(ValueError, match="do not describe"):
+        _matchcore.metaclip_draws(b"0\x1f", ["ab", "cd"], offsets, ids, np.array([5, 5], np.int64), 3)
+
+
+@pytest.mark.parametrize("mode", balance.MODES)
+def test_decide_keep_without_the_c_core(monkeypatch, mode):
+    # The balance stage's decisions and counters on the Python twin equal those on the C draws.
+    rng = np.random.default_rng(3)
+    rows = [{"uid": records.uid_of(f"http://x/{i}", "c"), "url": f"http://x/{i}", "caption": "c",
+             "query_ids": sorted(set(rng.integers(0, 9, rng.integers(1, 4)).tolist()))} for i in range(400)]
+    table = pa.Table.from_pylist(rows, schema=records.matched_schema())
+    counts = balance.count_entries([(r["uid"], r["query_ids"]) for r in rows])
+    thresholds = balance.strict_thresholds([(r["uid"], r["query_ids"]) for r in rows], counts, 30, 1)
+
+    def decide():
+        out = list(balance.DecideKeepFn(mode, 30, 1).process(table, counts, thresholds))
+        return sorted(o.column("uid").to_pylist() for o in out if isinstance(o, pa.Table))
+
+    built = decide()
+    monkeypatch.setattr(balance, "_c_draws", None)
+    assert decide() == built
+    kept = set(built[0])
+    assert kept == balance.select_pairs([(r["uid"], r["query_ids"]) for r in rows], 30, 1, mode)
