@@ -273,7 +273,7 @@ done:
     return result;
 }
 
-/* hit_columns(hits, position_field, id_field) -> (positions, ids): two int64 columns as bytes, from a list of
+/* hit_columns(hits, position_field, id_field) -> (positions, ids): two int64 columns as bytearrays, from a list of
  * tuples of ints (the Aho-Corasick libraries' hits). */
 static PyObject *hit_columns(PyObject *self, PyObject *args)
 {
@@ -282,10 +282,11 @@ static PyObject *hit_columns(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!nn:hit_columns", &PyList_Type, &hits, &pos_field, &id_field))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(hits);
-    PyObject *positions = PyBytes_FromStringAndSize(NULL, n * 8), *ids = PyBytes_FromStringAndSize(NULL, n * 8);
+    /* bytearrays: numpy arrays over them are writable, as the twin's are */
+    PyObject *positions = PyByteArray_FromStringAndSize(NULL, n * 8), *ids = PyByteArray_FromStringAndSize(NULL, n * 8);
     if (!positions || !ids)
         goto fail;
-    int64_t *p = (int64_t *)PyBytes_AS_STRING(positions), *q = (int64_t *)PyBytes_AS_STRING(ids);
+    int64_t *p = (int64_t *)PyByteArray_AS_STRING(positions), *q = (int64_t *)PyByteArray_AS_STRING(ids);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *hit = PyList_GET_ITEM(hits, i);
         if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) <= pos_field || PyTuple_GET_SIZE(hit) <= id_field ||
@@ -497,7 +498,7 @@ static uint32_t crc32_of(const uint8_t *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-/* buckets(keys, n_buckets) -> int64 bytes: (crc32(utf-8 of key, surrogates passed) * n_buckets) >> 32 per key. */
+/* buckets(keys, n_buckets) -> int64 bytearray: (crc32(utf-8 of key, surrogates passed) * n_buckets) >> 32 per key. */
 static PyObject *buckets(PyObject *self, PyObject *args)
 {
     PyObject *keys_in;
@@ -512,10 +513,10 @@ static PyObject *buckets(PyObject *self, PyObject *args)
     if (!keys)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * 8); /* writable under numpy, as the twin's array */
     if (!out)
         goto done;
-    int64_t *b = (int64_t *)PyBytes_AS_STRING(out);
+    int64_t *b = (int64_t *)PyByteArray_AS_STRING(out);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PySequence_Fast_GET_ITEM(keys, i);
         uint32_t crc;
@@ -633,10 +634,10 @@ static PyMethodDef module_methods[] = {
      "check_rows(urls, captions, reasons, min_chars, max_chars, min_words, row_fn, names) -> "
      "(rows, urls, captions, spaced, rejected): match.check_rows_py, ASCII rows decided in C."},
     {"hit_columns", hit_columns, METH_VARARGS,
-     "hit_columns(hits, position_field, id_field) -> (positions, ids) as int64 bytes: match.hit_columns_py."},
+     "hit_columns(hits, position_field, id_field) -> (positions, ids) as int64 bytearrays: match.hit_columns_py."},
     {"uids", uids, METH_VARARGS, "uids(urls, captions) -> [uid]: records.uids_of_py (BLAKE2b-128, hex)."},
     {"buckets", buckets, METH_VARARGS,
-     "buckets(keys, n_buckets) -> int64 bytes: beamio.buckets_of_py (CRC-32 of the UTF-8, scaled to n_buckets)."},
+     "buckets(keys, n_buckets) -> int64 bytearray: beamio.buckets_of_py (CRC-32 of the UTF-8, scaled to n_buckets)."},
     {"metaclip_draws", metaclip_draws, METH_VARARGS,
      "metaclip_draws(prefix, uids, offsets, ids, counts, t) -> (keep bytes, expected millionths): "
      "balance.head_only_draws_py."},

@@ -59,6 +59,7 @@ MODES = ("metaclip", "strict")
 ROWS_PER_FILE = 1_000_000  # ~100 MB of zstd parquet per file: few files, each small enough for one worker
 BALANCED_OUT = "balanced_out"  # reject reason: the pair lost the balancing draw / was over a cap
 NO_QUERY_IDS = "no_query_ids"
+MALFORMED_QUERY_IDS = "malformed_query_ids"  # a null id inside the list (a damaged file; match never writes one)
 EXPECTED_SCALE = 1_000_000  # expected kept size is summed in integer millionths: exact and order-independent
 
 BALANCED_SCHEMA = pa.schema([("url", pa.string()), ("caption", pa.string()), ("uid", pa.string()),
@@ -243,6 +244,15 @@ def dense_counts(counts: dict[int, int]) -> np.ndarray:
     return dense
 
 
+def counts_of(ids: np.ndarray, counts: dict[int, int]) -> np.ndarray:
+    """counts[id] for each id (0 where absent): a gather from `dense_counts`, or dict lookups for ids an array
+    cannot index (negative: a hand-made file)."""
+    dense = dense_counts(counts) if len(ids) and ids.min() >= 0 else None
+    if dense is not None and ids.max() < len(dense):
+        return dense[ids]
+    return np.fromiter(map(counts.get, ids.tolist(), itertools.repeat(0)), np.int64, len(ids))
+
+
 class PairColumns:
     """The columns balancing reads from a table of pairs: per pair its entries (flat ids and their pair), the
     entries' counts, and whether the pair holds a tail (count <= t) or a head (count > t) entry."""
@@ -251,16 +261,20 @@ class PairColumns:
         ids = table.column("query_ids").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
         self.n = table.num_rows
         self.lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
-        self.flat = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-        self.parent = pc.list_parent_indices(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-        if len(self.flat) and self.flat.min() >= 0:
-            self.entry_counts = dense_counts(counts)[self.flat]
-        else:  # no entries, or ids a dense array cannot index (a hand-made file): the dict itself
-            self.entry_counts = np.fromiter(map(counts.get, self.flat.tolist(), itertools.repeat(0)), np.int64,
-                                            len(self.flat))
-        tail = self.entry_counts <= t
+        flat = pc.list_flatten(ids)  # skips the values under a null list, as `lengths` does
+        self.parent = np.repeat(np.arange(self.n), self.lengths)
+        self.flat = pc.fill_null(flat, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # a null id inside a list: the pair cannot be judged (match never writes one; a damaged file might)
+        self.malformed = np.bincount(self.parent[flat.is_null().to_numpy(zero_copy_only=False)], minlength=self.n) > 0
+        self.has_ids = (self.lengths > 0) & ~self.malformed
+        self.entry_counts = counts_of(self.flat, counts)
+        valid = self.has_ids[self.parent]
+        if np.any(self.entry_counts[valid] <= 0):  # the counts come from these very tables: a bug, not bad input
+            raise ValueError("balance: query ids missing from the per-entry counts")
+        tail = (self.entry_counts <= t) & valid
+        head = (self.entry_counts > t) & valid
         self.has_tail = np.bincount(self.parent[tail], minlength=self.n) > 0
-        self.has_head = np.bincount(self.parent[~tail], minlength=self.n) > 0
+        self.has_head = np.bincount(self.parent[head], minlength=self.n) > 0
         self.uids = table.column("uid")
         self.ids = ids
 
@@ -304,14 +318,14 @@ class DecideKeepFn(beam.DoFn):
     def __init__(self, mode: str, t: int, seed: int):
         self.mode, self.t, self.seed = mode, t, seed
         self.read, self.kept = counter(STAGE, "read"), counter(STAGE, "kept")
-        self.balanced_out = counter(STAGE, f"rejected_{BALANCED_OUT}")
-        self.no_ids = counter(STAGE, f"rejected_{NO_QUERY_IDS}")
+        self.rejected = {reason: counter(STAGE, f"rejected_{reason}")
+                         for reason in (BALANCED_OUT, NO_QUERY_IDS, MALFORMED_QUERY_IDS)}
         self.expected = counter(STAGE, "expected_kept_millionths")
 
     def process(self, table: pa.Table, counts: dict[int, int], thresholds: dict[int, tuple]):
         t, seed = self.t, self.seed
         cols = PairColumns(table, counts, t)
-        has_ids = cols.lengths > 0
+        has_ids = cols.has_ids
         # metaclip: a tail entry keeps the pair (p = 1); strict: a pair without head entries passes every threshold
         keep = cols.has_tail & has_ids if self.mode == "metaclip" else ~cols.has_head & has_ids
         # a pair with a tail entry is kept with probability exactly 1 (one factor 1 - p_e is 0); for the others the
@@ -324,20 +338,18 @@ class DecideKeepFn(beam.DoFn):
         if self.mode == "strict":
             for i, uid, qids in cols.pairs(cols.has_head):
                 keep[i] = strict_keep(strict_key(uid, qids, counts, seed), qids, counts, thresholds, t)
-        n_kept, n_no_ids = int(np.count_nonzero(keep)), int(np.count_nonzero(~has_ids))
+        reasons = np.where(cols.malformed, MALFORMED_QUERY_IDS, np.where(has_ids, BALANCED_OUT, NO_QUERY_IDS))[~keep]
         self.read.inc(cols.n)
         self.expected.inc(expected)
+        n_kept = int(np.count_nonzero(keep))
         if n_kept:
             self.kept.inc(n_kept)
-        if n_no_ids:
-            self.no_ids.inc(n_no_ids)
-        if cols.n - n_kept - n_no_ids:
-            self.balanced_out.inc(cols.n - n_kept - n_no_ids)
+        for reason, n in zip(*np.unique(reasons, return_counts=True)):  # a counter is reported once touched
+            self.rejected[str(reason)].inc(int(n))
         if n_kept:
             yield table.filter(pa.array(keep)).select(BALANCED_SCHEMA.names).cast(BALANCED_SCHEMA)
         if n_kept < cols.n:
             dropped = table.filter(pa.array(~keep))
-            reasons = np.where(has_ids[~keep], BALANCED_OUT, NO_QUERY_IDS)
             yield beam.pvalue.TaggedOutput("dropped", pa.table({"uid": dropped.column("uid"),
                                                                 "reason": pa.array(reasons, pa.string())},
                                                                schema=REJECTED_SCHEMA))

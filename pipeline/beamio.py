@@ -10,8 +10,8 @@ partitioning, not an exact split); an empty input still gives one empty file wit
 next stage always finds a readable file. Each file is written to a temporary name and renamed, so a
 retried bundle never leaves half a file.
 
-`CountQueryIdsFn` counts query ids per bundle in a dict before merging (Beam's per-element cost would
-dominate a one-element-per-id count); `AddCountsFn` sums `query_id_counts` dicts of whole tables;
+`query_id_counts` counts the query ids of a whole table column at once, `AddCountsFn` sums such dicts (a dict per
+table: Beam's per-element cost would dominate a one-element-per-id count);
 `write_counts_tsv` writes one row per query of the list, zero counts included. `table_bytes`/`bytes_table`:
 how tables cross a shuffle.
 """
@@ -156,8 +156,16 @@ class WriteParquetFiles(beam.PTransform):
 
 
 def query_id_counts(query_ids: pa.Array | pa.ChunkedArray) -> dict[int, int]:
-    """{query_id: number of lists holding it} of a list<int> column (ids are distinct within a list)."""
-    counts = pc.value_counts(pc.list_flatten(query_ids))
+    """{query_id: number of occurrences} in a list<int> column (ids are distinct within a list, so: the number of
+    pairs holding it). A list with a null id counts for nothing: balance rejects such a pair as malformed."""
+    ids = query_ids.combine_chunks() if isinstance(query_ids, pa.ChunkedArray) else query_ids
+    flat = pc.list_flatten(ids)
+    if flat.null_count:
+        lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
+        parent = np.repeat(np.arange(len(ids)), lengths)
+        bad = np.bincount(parent[flat.is_null().to_numpy(zero_copy_only=False)], minlength=len(ids)) > 0
+        flat = flat.filter(pa.array(~bad[parent]))
+    counts = pc.value_counts(flat)
     return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
 
@@ -172,16 +180,14 @@ def add_counts(acc: dict, part: dict) -> dict:
     return acc
 
 
-class CountQueryIdsFn(beam.CombineFn):
-    """{query_id: number of pairs containing it}, counted in a dict per bundle before merging."""
+class AddCountsFn(beam.CombineFn):
+    """{query_id: count} dicts (of disjoint rows: `query_id_counts` per table) -> their sum."""
 
     def create_accumulator(self) -> dict[int, int]:
         return {}
 
-    def add_input(self, acc: dict[int, int], query_ids: Iterable[int]) -> dict[int, int]:
-        for qid in query_ids:
-            acc[qid] = acc.get(qid, 0) + 1
-        return acc
+    def add_input(self, acc: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
+        return add_counts(acc, counts)
 
     def merge_accumulators(self, accs: Iterable[dict[int, int]]) -> dict[int, int]:
         accs = iter(accs)
@@ -192,13 +198,6 @@ class CountQueryIdsFn(beam.CombineFn):
 
     def extract_output(self, acc: dict[int, int]) -> dict[int, int]:
         return acc
-
-
-class AddCountsFn(CountQueryIdsFn):
-    """{query_id: count} dicts (of disjoint rows: `query_id_counts` per table) -> their sum."""
-
-    def add_input(self, acc: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
-        return add_counts(acc, counts)
 
 
 def write_counts_tsv(path: str, queries: list[str], columns: dict[str, dict[int, int]]) -> str:

@@ -192,6 +192,8 @@ def check_rows_py(urls: list[Any], captions: list[Any], reasons: list[str | None
     """Steps 1-3 on a batch's columns: (rows, urls, captions, spaced) of the candidates, row indexes ascending, and
     the rejected rows as (row index, reason) (a reader's reason, when given, comes first). The definition that the
     C twin `_matchcore.check_rows` is held to (tests/test_matchcore.py)."""
+    if len(urls) != len(captions) or (reasons is not None and len(reasons) != len(urls)):
+        raise ValueError("check_rows: columns of different lengths")
     rows, out_urls, out_captions, spaced, rejected = [], [], [], [], []
     for i, url, caption, reason in zip(itertools.count(), urls, captions, reasons or itertools.repeat(None)):
         verdict = reason or checked_row(min_chars, max_chars, min_words, url, caption)
@@ -359,10 +361,10 @@ def judge_batch(batch: pool.RowBatch, matcher: QueryMatcher, identify: lid.Ident
                 keep_cols: tuple[str, ...] = ()) -> JudgedBatch:
     """Steps 1-5 of the recipe on a batch of raw pool rows: the matched records and the rejected rows.
 
-    Column-wise, each step a loop over the rows that passed the step before: the cheap checks and normalisation
-    per row, then spacing and Aho-Corasick over the survivors, language ID once over the captions that matched
-    (`identify` answers None for "not sure", which keeps the row: `--lid-min-confidence`), uids for the rows
-    kept. Rejected rows are listed in row order within each step."""
+    Column-wise, each step a loop over the rows that passed the step before: the cheap checks, normalisation and
+    spacing per row (`check_rows`), then one Aho-Corasick call over the survivors, language ID once over the
+    captions that matched (`identify` answers None for "not sure", which keeps the row: `--lid-min-confidence`),
+    uids for the rows kept. Rejected rows are listed in row order within each step."""
     rows, urls, captions, spaced, rejected = check_rows(batch.url, batch.caption, batch.reason, min_chars, max_chars,
                                                         min_words)  # steps 1-3
     found = matcher.match_spaced(spaced)  # step 4

@@ -149,25 +149,42 @@ def test_cap_pairs_transform_agrees_with_reference(mode):
                     label="Counts")
 
 
+@pytest.mark.parametrize("layout", ["one chunk", "chunks", "slice", "parquet"])
 @pytest.mark.parametrize("mode", balance.MODES)
-def test_decide_keep_on_a_table_matches_the_pure_functions(mode):
+def test_decide_keep_on_a_table_matches_the_pure_functions(tmp_path, mode, layout):
     # Column-wise shortcuts (tail entry -> kept in metaclip mode; no head entry -> kept in strict mode) plus the
-    # pure functions for the rest must give the reference's decisions; empty and null id lists are no_query_ids.
+    # pure functions for the rest must give the reference's decisions, whatever the table's layout; empty and null
+    # id lists are no_query_ids, a null id inside a list is malformed_query_ids.
     rows = random_pairs(300, 8, seed=5)
-    rows[3]["query_ids"], rows[7]["query_ids"] = [], None
-    pairs = [(r["uid"], r["query_ids"] or []) for r in rows]
-    counts = balance.count_entries(pairs)
-    thresholds = balance.strict_thresholds([p for p in pairs if p[1]], counts, 20, 4)
+    rows[3]["query_ids"], rows[7]["query_ids"], rows[11]["query_ids"] = [], None, [1, None]
+    good = [(r["uid"], r["query_ids"]) for r in rows if r["query_ids"] and None not in r["query_ids"]]
+    counts = balance.count_entries(good)
+    thresholds = balance.strict_thresholds(good, counts, 20, 4)
     table = pa.Table.from_pylist(rows, schema=matched_schema())
+    if layout == "chunks":
+        table = pa.concat_tables([table.slice(0, 100), table.slice(100)])
+    elif layout == "slice":  # offsets into a larger table's buffers
+        table = pa.concat_tables([pa.Table.from_pylist(random_pairs(7, 8, seed=9), schema=matched_schema()),
+                                  table]).combine_chunks().slice(7)
+    elif layout == "parquet":
+        pq.write_table(table, tmp_path / "t.parquet")
+        table = pq.read_table(tmp_path / "t.parquet")
     out = list(balance.DecideKeepFn(mode, 20, 4).process(table, counts, thresholds))
     kept = next(o for o in out if isinstance(o, pa.Table))
     dropped = next(o.value for o in out if not isinstance(o, pa.Table))
-    assert set(kept.column("uid").to_pylist()) == balance.select_pairs([p for p in pairs if p[1]], 20, 4, mode)
+    assert set(kept.column("uid").to_pylist()) == balance.select_pairs(good, 20, 4, mode)
     assert kept.schema == balance.BALANCED_SCHEMA and dropped.schema == balance.REJECTED_SCHEMA
     reasons = dict(zip(dropped.column("uid").to_pylist(), dropped.column("reason").to_pylist()))
     assert reasons[rows[3]["uid"]] == reasons[rows[7]["uid"]] == balance.NO_QUERY_IDS
-    assert kept.num_rows + dropped.num_rows == 300 and set(reasons.values()) == {balance.NO_QUERY_IDS,
-                                                                                  balance.BALANCED_OUT}
+    assert reasons[rows[11]["uid"]] == balance.MALFORMED_QUERY_IDS
+    assert kept.num_rows + dropped.num_rows == 300
+    assert set(reasons.values()) == {balance.NO_QUERY_IDS, balance.MALFORMED_QUERY_IDS, balance.BALANCED_OUT}
+
+
+def test_decide_keep_refuses_counts_that_miss_an_id():
+    table = pa.Table.from_pylist(random_pairs(5, 3), schema=matched_schema())
+    with pytest.raises(ValueError, match="missing from the per-entry counts"):
+        list(balance.DecideKeepFn("metaclip", 2, 0).process(table, {0: 3}, {}))
 
 
 # ---- run() end to end ------------------------------------------------------------------------------------
