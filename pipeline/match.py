@@ -187,8 +187,12 @@ def checked_row(min_chars: int, max_chars: int, min_words: int, url: Any, captio
     return caption_reason(caption, min_chars, max_chars, min_words) or (url, caption, spacing(caption))
 
 
+# check_rows' result: the candidates' row indexes, urls, captions and spaced captions; the rejected (row, reason)
+CheckedRows = tuple[list[int], list[str], list[str], list[str], list[tuple[int, str]]]
+
+
 def check_rows_py(urls: list[Any], captions: list[Any], reasons: list[str | None] | None, min_chars: int,
-                  max_chars: int, min_words: int) -> tuple[list[int], list[str], list[str], list[str], list[tuple[int, str]]]:
+                  max_chars: int, min_words: int) -> CheckedRows:
     """Steps 1-3 on a batch's columns: (rows, urls, captions, spaced) of the candidates, row indexes ascending, and
     the rejected rows as (row index, reason) (a reader's reason, when given, comes first). The definition that the
     C twin `_matchcore.check_rows` is held to (tests/test_matchcore.py)."""
@@ -211,7 +215,7 @@ _REASON_NAMES = (NOT_HTTP_URL, EMPTY_CAPTION, CAPTION_TOO_SHORT, CAPTION_TOO_LON
 
 
 def check_rows(urls: list[Any], captions: list[Any], reasons: list[str | None] | None, min_chars: int, max_chars: int,
-               min_words: int) -> tuple[list[int], list[str], list[str], list[str], list[tuple[int, str]]]:
+               min_words: int) -> CheckedRows:
     """`check_rows_py`, in C where built: ASCII rows (~96% of real captions) are decided in C at ~1/8 of the
     Python loop's cost, every other row by `checked_row` (bench: python -m bench.bench_match)."""
     if _matchcore is None:
@@ -237,9 +241,9 @@ def hit_columns(hits: list[tuple[int, ...]], position_field: int, id_field: int)
 MATCHERS = ("pyahocorasick", "ahocorasick-rs")
 # ahocorasick-rs, not the design's pyahocorasick, by measurement (bench/bench_match.py, BENCHMARKS.md): the same
 # matches (tests/test_match.py holds both to the reference), iteration ~1.6x and the stage function ~1.55x as fast
-# (interleaved slices, every run), ~1/3 less automaton memory; end to end 1.34-1.36x in the two runs after the C
-# core (67.4k vs 50.2k and 72.4k vs 53.4k captions/s per core, LID on); its automaton takes ~1 s longer to build
-# per worker. pyahocorasick stays one flag away and is measured end to end in every bench run.
+# (interleaved slices, every run), ~1/3 less automaton memory; end to end 0.90-1.59x in the five runs after the C
+# core (median 1.34x, LID on); its automaton takes ~1 s longer to build per worker. pyahocorasick stays one flag
+# away and is measured end to end in every bench run.
 DEFAULT_MATCHER = "ahocorasick-rs"
 
 
@@ -305,7 +309,8 @@ class QueryMatcher:
         if self.backend == "pyahocorasick":
             at, ids = hit_columns(list(self._automaton.iter(text)), 0, 1)  # (index of the hit's last character, id)
         else:
-            at, ids = hit_columns(self._rs.find_matches_as_indexes(text, overlapping=True), 1, 0)  # (pattern, start, end)
+            hits = self._rs.find_matches_as_indexes(text, overlapping=True)  # (pattern, start, end)
+            at, ids = hit_columns(hits, 1, 0)
             if self._ids is not None:
                 ids = self._ids[ids]
         # caption i spans [ends[i-1], ends[i] - 1) of the text, the separator sits at ends[i] - 1
