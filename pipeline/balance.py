@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import beamio, pool
+from pipeline import beamio, matchcore, pool
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_json_atomic, write_manifest
 from pipeline.records import MATCHED_COLUMNS, text_lines
@@ -68,10 +68,7 @@ REJECTED_SCHEMA = pa.schema([("uid", pa.string()), ("reason", pa.string())])
 
 log = logging.getLogger(__name__)
 
-try:  # MetaCLIP's seeded draws in C (BLAKE2b); pipeline.match warns once when the extension is missing
-    from pipeline._matchcore import metaclip_draws as _c_draws
-except ImportError:
-    _c_draws = None
+_c_draws = matchcore.core.metaclip_draws if matchcore.core else None  # MetaCLIP's seeded draws in C (BLAKE2b)
 
 
 # ---- pure core ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import matchcore
 from pipeline.manifest import file_info
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,8 @@ def buckets_of_py(keys: list[str], n_buckets: int) -> np.ndarray:
     return (h * n_buckets) >> 32
 
 
-try:  # the match stage buckets every row it judged: CRC-32 in C, without a bytes object and a call per key
-    from pipeline._matchcore import buckets as _c_buckets
-except ImportError:  # not built: pipeline.match says so once; results are the same
-    _c_buckets = None
+# the match stage buckets every row it judged: CRC-32 in C, without a bytes object and a call per key
+_c_buckets = matchcore.core.buckets if matchcore.core else None
 
 
 def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:

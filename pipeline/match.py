@@ -77,10 +77,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline import beamio, lid, pool
+from pipeline import beamio, lid, matchcore, pool
+from pipeline.beamio import bytes_table, table_bytes
 from pipeline.beamrun import counter, pipeline_options, read_counters
 from pipeline.manifest import write_manifest
-from pipeline.beamio import bytes_table, table_bytes
 from pipeline.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
 from pipeline.text import spacing
 
@@ -113,12 +113,7 @@ REJECTED_SCHEMA = pa.schema([("reason", pa.string()), ("source", pa.string()),
 
 log = logging.getLogger(__name__)
 
-try:
-    from pipeline import _matchcore
-except ImportError as error:  # no C compiler at install time: the Python twins give the same results, slower
-    _matchcore = None
-    log.warning("pipeline._matchcore is not built (%s): the match stage runs its Python twins (same results, "
-                "slower); pip install -e . with a C compiler builds it", error)
+_matchcore = matchcore.core  # None where not built: the Python twins below
 
 
 # ---- pure per-element functions ------------------------------------------------------------------------

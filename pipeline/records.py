@@ -21,6 +21,7 @@ from typing import Iterable
 import fsspec
 import pyarrow as pa
 
+from pipeline import matchcore
 from pipeline.text import PUNCT_TO_WRAP, normalize_entry
 
 QUERY_LIST_HEADER = ("query_id", "query", "source", "count", "pmi")
@@ -49,10 +50,8 @@ def uids_of_py(urls: list[str], captions: list[str]) -> list[str]:
             for url, caption in zip(urls, captions)]
 
 
-try:  # the match stage's hot loop: BLAKE2b in C, ~4x less CPU than hashlib's object + hexdigest per pair
-    from pipeline._matchcore import uids as _c_uids
-except ImportError:  # not built: pipeline.match says so once; results are the same
-    _c_uids = None
+# the match stage's hot loop: BLAKE2b in C, ~4x less CPU than hashlib's object + hexdigest per pair
+_c_uids = matchcore.core.uids if matchcore.core else None
 
 
 def uids_of(urls: list[str], captions: list[str]) -> list[str]:
