@@ -163,7 +163,6 @@ DATA ?= $(wildcard ../shared/data)
 bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA= folder of larger real inputs)
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
 	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
-	$(if $(DATA),$(PY) -m bench.bench_lid --data $(DATA),@echo "bench: LID benchmark skipped: it needs DATA= with the CC3M/LAION captions")
 	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_dedup $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_train

@@ -40,7 +40,6 @@ import gzip
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -55,7 +54,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import machine, machine_line, update_section
+from bench.report import child_cpu, machine, machine_line, update_section
 from pipeline import balance, lid, match, pool
 from pipeline.text import normalize_entry, spacing
 
@@ -309,20 +308,15 @@ def bench_lid_threshold(cc3m: list[str], laion: list[str], n_reference: int) -> 
 POOL_ROW_GROUP = 1 << 16  # rows per parquet row group of the bench pool: with --split-bytes 1, one range each
 
 
-def run_match(pool_path: Path, queries_path: Path, work: Path, *extra: str) -> tuple[dict, float, float]:
+def run_match(pool_path: Path, queries_path: Path, work: Path, *extra: str, cwd: Path = REPO) -> tuple[dict, float, float]:
     """One `python -m pipeline.match` over a parquet pool (FnApiRunner, one worker) in a fresh process, as a user
     runs it: (manifest, CPU seconds of that process, all its threads included, wall seconds). In a fresh process
     because in this one the stage shared a heap of several hundred MB with the benchmark's own data and the
     runs before it, which moved its rate by up to ~40% run to run. The pool is read in ranges of one row group, as a
-    big file is on a cluster."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.match", "--pool", str(pool_path), "--queries", str(queries_path),
-                    "--out", str(work / "matched"), "--split-bytes", "1", "--runner=FnApiRunner", *extra],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - wall
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    big file is on a cluster. `cwd`: the checkout whose `pipeline` runs (bench_native's before and after)."""
+    cpu, wall = child_cpu([sys.executable, "-m", "pipeline.match", "--pool", str(pool_path), "--queries",
+                           str(queries_path), "--out", str(work / "matched"), "--split-bytes", "1",
+                           "--runner=FnApiRunner", *extra], cwd)
     return json.loads((work / "matched" / "manifest.json").read_text()), cpu, wall
 
 

@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import matchcore
 from pipeline.manifest import file_info
 
 log = logging.getLogger(__name__)
@@ -47,26 +46,14 @@ def bucket_of(key: str, n_buckets: int) -> int:
     return (zlib.crc32(key.encode("utf-8", "surrogatepass")) * n_buckets) >> 32
 
 
-def buckets_of_py(keys: list[str], n_buckets: int) -> np.ndarray:
-    """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: the checksums in a comprehension, the
+def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
+    """`[bucket_of(k, n_buckets) for k in keys]` as an int64 array: zlib's checksums in a comprehension, the
     arithmetic in numpy (crc * n < 2**63 for n < 2**31)."""
     if not 0 < n_buckets < 2**31:
         raise ValueError(f"n_buckets must be in [1, 2**31), got {n_buckets}")
     crc32 = zlib.crc32
     h = np.fromiter([crc32(key.encode("utf-8", "surrogatepass")) for key in keys], np.int64, len(keys))
     return (h * n_buckets) >> 32
-
-
-# the match stage buckets every row it judged: CRC-32 in C, without a bytes object and a call per key
-_c_buckets = matchcore.core.buckets if matchcore.core else None
-
-
-def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
-    """`buckets_of_py` (str keys), in C (pipeline/_matchcore.c) where built: tests/test_matchcore.py holds the two
-    equal."""
-    if _c_buckets is None:
-        return buckets_of_py(keys, n_buckets)
-    return np.frombuffer(_c_buckets(keys, n_buckets), np.int64)
 
 
 def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:

@@ -223,7 +223,7 @@ class CountSplitWordsFn(beam.DoFn):
         try:
             for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
                 try:
-                    page = wikicore.parse_page_block(block)
+                    page = wikitext.parse_page_block(block)
                 except ValueError as e:
                     log.warning("%s@%d: %s", split.path, split.start, e)
                     rejected[wikitext.MALFORMED_PAGE] += 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -105,6 +107,39 @@ def test_selection_is_deterministic_and_independent_of_order_and_partitioning(pa
             if keep:
                 union.add(uid)
     assert union == kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=6, unique=True), min_size=0, max_size=30),
+       st.integers(1, 6), st.integers(-3, 2**40))
+def test_head_only_draws_equal_the_pure_functions(id_lists, t, seed):
+    # Pairs whose entries all have count > t: the column-wise draws and expected size equal metaclip_keep and
+    # pair_keep_probability (same hashes, same double operations in the same order, round half to even).
+    counts = {qid: t + 1 + (qid * 7919) % 50 for qid in range(41)}
+    uids = [uid_of(f"http://x/{i}", "c") for i in range(len(id_lists))]
+    flat = np.array([q for ids in id_lists for q in ids], np.int64)
+    keep, expected = balance.head_only_draws(seed, uids, np.array([len(ids) for ids in id_lists], np.int32), flat,
+                                             np.array([counts[q] for q in flat.tolist()], np.int64), t)
+    want_keep, want_expected = balance.head_only_draws_py(seed, uids, id_lists, counts, t)
+    assert keep.tolist() == want_keep and expected == want_expected
+
+
+def test_head_only_draws_by_hand():
+    def draw(text: bytes) -> float:  # blake2b(seed \x1f uid \x1f entry, 8 bytes) as a big-endian fraction of 2**64
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2**64
+
+    # t = 1: entry 3 (count 4) has p = 0.25, entry 5 (count 2) p = 0.5
+    keep, expected = balance.head_only_draws(0, ["u", "v"], np.array([2, 1]), np.array([3, 5, 3]),
+                                             np.array([4, 2, 4]), 1)
+    assert keep.tolist() == [draw(b"0\x1fu\x1f3") < 0.25 or draw(b"0\x1fu\x1f5") < 0.5, draw(b"0\x1fv\x1f3") < 0.25]
+    assert expected == 625_000 + 250_000  # 1 - 0.75 * 0.5, and 0.25, in millionths
+
+
+def test_head_only_draws_refuse_inconsistent_input():
+    with pytest.raises(ValueError, match="count <= t"):
+        balance.head_only_draws(0, ["ab"], np.array([2]), np.array([1, 2]), np.array([5, 1]), 3)
+    with pytest.raises(ValueError, match="do not describe"):
+        balance.head_only_draws(0, ["ab", "cd"], np.array([2, 0]), np.array([1, 2]), np.array([5, 5]), 3)
 
 
 def test_strict_prefers_pairs_with_rare_entries():
