@@ -14,27 +14,35 @@ each, in one run on one machine:
   entries, as at full scale, so the seeded draws are the work);
 - `queries` on the sample excerpt replicated `--copies` times into a multistream dump (bench_queries').
 Outputs must be equal: match counters, the balanced parts and queries.tsv byte for byte.
+And what the C that stays saves (in process, CPU time, best of `--repeats`): stage 1's counting core against its
+Python reference on the sample excerpt's articles (bench_queries.check_c_core), and `match.check_rows` /
+`match.hit_columns` against their twins on the real captions (hits: one per word, as the matchers report them).
 Writes `bench/results/native.json` and the "native" section of BENCHMARKS.md with the full-scale cost of each
 difference at the projection's sizes (bench/projection.py).
 
 Run: python -m bench.bench_native --reference DIR [--data ../shared/data] [--captions 200000] [--repeats 2]
+(`make bench-native REFERENCE=DIR` builds the reference's extensions and runs it.)
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
 import filecmp
 import json
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench import projection
 from bench.bench_match import HEAD_HEAVY_T, load_captions, replicate, run_match, write_pool, write_queries_tsv, \
     load_bench_queries
-from bench.bench_queries import build_multistream
+from bench.bench_queries import build_multistream, check_c_core
 from bench.report import child_cpu, machine, machine_line, save_results, update_section
+from pipeline import match
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DUMP = REPO / "data" / "sample" / "enwiki-excerpt.xml.bz2"
@@ -121,6 +129,39 @@ def bench_queries(ref: Path, copies: int, work: Path, repeats: int) -> dict:
             "before_mb_s": round(mb / best["before"], 2), "after_mb_s": round(mb / best["after"], 2)}
 
 
+def best_cpu(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def bench_kept_c(data: Path, n: int, repeats: int) -> dict:
+    """CPU seconds of each C entry point that stays and of its Python twin, and the full-scale difference."""
+    wiki = check_c_core(SAMPLE_DUMP)
+    xml_mb = len(bz2.open(SAMPLE_DUMP).read()) / 1e6
+    captions = replicate(load_captions(data)[0], n)
+    urls = [f"http://img.example.com/{i}.jpg" for i in range(n)]
+    hits = [(m.end(), i % 400_000) for i, c in enumerate(captions) for m in re.finditer(r"\S+", c)]
+    args = (match.MIN_CAPTION_CHARS, match.MAX_CAPTION_CHARS, match.MIN_WORDS)
+    rows = {"c": best_cpu(lambda: match.check_rows(urls, captions, None, *args), repeats),
+            "py": best_cpu(lambda: match.check_rows_py(urls, captions, None, *args), repeats)}
+    cols = {"c": best_cpu(lambda: match.hit_columns(hits, 0, 1), repeats),
+            "py": best_cpu(lambda: match.hit_columns_py(hits, 0, 1), repeats)}
+    per_caption = (rows["py"] - rows["c"] + cols["py"] - cols["c"]) / n
+    return {"wikicore": {"xml_mb": round(xml_mb, 2), "c_s": round(wiki["c_count_s"], 3),
+                         "py_s": round(wiki["python_count_s"], 3),
+                         "identical": wiki["identical"],
+                         "full_scale_core_h_saved": round((wiki["python_count_s"] - wiki["c_count_s"]) / xml_mb
+                                                          * projection.ENWIKI_XML_MB / 3600, 1)},
+            "matchcore": {"captions": n, "hits": len(hits), "check_rows_c_s": round(rows["c"], 3),
+                          "check_rows_py_s": round(rows["py"], 3), "hit_columns_c_s": round(cols["c"], 3),
+                          "hit_columns_py_s": round(cols["py"], 3),
+                          "full_scale_core_h_saved": round(per_caption * projection.POOL_PAIRS / 3600, 1)}}
+
+
 def full_scale_hours(rate_before: float, rate_after: float, units: float) -> tuple[float, float]:
     return units / rate_before / 3600, units / rate_after / 3600
 
@@ -154,6 +195,19 @@ def markdown(r: dict) -> str:
     lines += ["", f"Together the difference costs {extra:,.0f} core-hours on a full WIT-400M build "
               f"({extra / projection.CORES * 60:,.1f} min on the projection's {projection.CORES:,} cores), against "
               "~283 core-hours for downloading, ~115 for dedup and ~4,500 GPU-hours for training (projection below)."]
+    k = r.get("kept_c")
+    if k:
+        w, mc = k["wikicore"], k["matchcore"]
+        lines += ["", "What the C that stays saves (in process, one core, CPU time, C vs its Python twin):", "",
+                  "| entry point | C | Python twin | twin / C | full scale, core-hours saved |", "|---|---:|---:|---:|---:|",
+                  f"| `_wikicore.SplitCounter` (strip + tokenize + count), the excerpt's {w['xml_mb']} MB of XML "
+                  f"(identical counts: {w['identical']}) | {w['c_s']} s | {w['py_s']} s | {w['py_s'] / w['c_s']:.1f}x "
+                  f"| {w['full_scale_core_h_saved']:,} of {projection.ENWIKI_XML_MB:,} MB |",
+                  f"| `_matchcore.check_rows`, {mc['captions']:,} real captions | {mc['check_rows_c_s']} s | "
+                  f"{mc['check_rows_py_s']} s | {mc['check_rows_py_s'] / mc['check_rows_c_s']:.1f}x | "
+                  f"{mc['full_scale_core_h_saved']:,} with hit_columns, of {projection.POOL_PAIRS:,.0f} captions |",
+                  f"| `_matchcore.hit_columns`, {mc['hits']:,} hits | {mc['hit_columns_c_s']} s | "
+                  f"{mc['hit_columns_py_s']} s | {mc['hit_columns_py_s'] / mc['hit_columns_c_s']:.1f}x | (above) |"]
     return "\n".join(lines)
 
 
@@ -175,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["match"] = bench_match(ref, Path(args.data), args.captions, work, args.repeats)
         r["balance"] = bench_balance(ref, work, args.repeats)
         r["queries"] = bench_queries(ref, args.copies, work, args.repeats)
+        r["kept_c"] = bench_kept_c(Path(args.data), args.captions, args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     save_results("native", r)
