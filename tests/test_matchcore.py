@@ -14,12 +14,11 @@ import hashlib
 import zlib
 
 
-import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import balance, beamio, match, records
+from pipeline import beamio, match, records
 from pipeline.text import PUNCT_TO_WRAP
 from tests import native
 

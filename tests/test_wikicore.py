@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from pipeline import wikicore, wikidump, wikitext
 from pipeline.beamio import bucket_of
 from tests import native, test_queries, test_wikitext
-from tests.wikidumps import page_xml, write_multistream
+from tests.wikidumps import write_multistream
 
 needs_c = native.needs(wikicore._wikicore, "pipeline._wikicore")
 
