@@ -13,7 +13,6 @@ out by hand, since a changed uid or bucket would change every output file.
 import hashlib
 import zlib
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
