@@ -42,7 +42,7 @@ from bench.bench_match import HEAD_HEAVY_T, load_captions, replicate, run_match,
     load_bench_queries
 from bench.bench_queries import build_multistream, check_c_core
 from bench.report import child_cpu, machine, machine_line, save_results, update_section
-from pipeline import match
+from pipeline.match import stage as match
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DUMP = REPO / "data" / "sample" / "enwiki-excerpt.xml.bz2"

@@ -31,14 +31,14 @@ REGRESSIONS = REPO / "tests" / "fuzz_corpus"
 EXTERNAL_LINK = re.compile(r"\[(https?://[^\s\]]+) ([^\]\n]+)\]")
 # Python modules whose branches guide the search besides the C's: match's twin is branchy Python; wikicore's is
 # regexes (sre, not instrumented), where instrumenting its glue would only cost ~10x the executions per second.
-INSTRUMENTED = {"wikicore": ["fuzz.targets"], "check_rows": ["pipeline.match", "pipeline.text", "fuzz.targets"],
+INSTRUMENTED = {"wikicore": ["fuzz.targets"], "check_rows": ["pipeline.match", "pipeline.common.text", "fuzz.targets"],
                 "hit_columns": ["fuzz.targets"]}
 SEED_CHARS = 800  # a seed page's length: real markup, yet ~10x the iterations of whole pages
 
 
 def sample_pages() -> list[str]:
     """Article texts of the sample excerpt (real wikitext), parsed as stage 1 parses them."""
-    from pipeline import wikitext
+    from pipeline.queries import wikitext
 
     xml = bz2.open(SAMPLE_DUMP).read().decode("utf-8")
     pages = [wikitext.parse_page_block(block) for block in wikitext.iter_page_blocks([xml])]
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with atheris.instrument_imports(include=INSTRUMENTED[args.target]):
         from fuzz import targets
-        from pipeline import match, wikicore
+        from pipeline.match import stage as match
+        from pipeline.queries import wikicore
     native = {"wikicore": wikicore._wikicore, "check_rows": match._matchcore, "hit_columns": match._matchcore}
     if native[args.target] is None:
         raise SystemExit(f"fuzz {args.target}: the C extension is not built (make native-sanitized)")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import struct
 
-from pipeline import match, wikicore
-from pipeline.beamio import bucket_of
+from pipeline.common.beamio import bucket_of
+from pipeline.match import stage as match
+from pipeline.queries import wikicore
 
 MAX_PAGES = 8
 NON_STRINGS = {"N": None, "I": 7, "F": 3.5, "B": b"bytes"}

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fuzz import run, targets
-from pipeline import match, wikicore
+from pipeline.match import stage as match
+from pipeline.queries import wikicore
 from tests import native
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"

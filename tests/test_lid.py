@@ -7,7 +7,7 @@ one-text `predict`, not from the batched path under test.
 
 import pytest
 
-from pipeline import lid
+from pipeline.match import lid
 
 SAMPLES = {
     "de": ["Der Hund schläft auf dem Sofa.", "Die Kinder spielen im Garten mit dem Ball."],

@@ -1,4 +1,4 @@
-"""The match stage's C core (pipeline/_matchcore.c) equals its Python twins (level 1: pure functions).
+"""The match stage's C core (pipeline/common/_matchcore.c) equals its Python twins (level 1: pure functions).
 
 `check_rows` is held to `match.check_rows_py` (steps 1-3 of the recipe: raw checks, normalisation, URL and length
 filters, MetaCLIP spacing) on rows built from the characters where the two could disagree: every ASCII
@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import beamio, match, records
-from pipeline.text import PUNCT_TO_WRAP
+from pipeline.common import beamio, records
+from pipeline.common.text import PUNCT_TO_WRAP
+from pipeline.match import stage as match
 from tests import native
 
 _matchcore = match._matchcore
-needs_c = native.needs(_matchcore, "pipeline._matchcore")
+needs_c = native.needs(_matchcore, "pipeline.common._matchcore")
 
 ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
 CAPTION_CHARS = list("ab Z09-'()&;" + ASCII_WHITESPACE) + list(PUNCT_TO_WRAP) + ["é", "\u00a0", "\u2028", "&amp;",
@@ -57,7 +58,7 @@ bounds_strategy = st.tuples(st.integers(0, 8), st.sampled_from([3, 10, 30, 2000]
 
 def test_match_core_is_built():
     # Optional where no C compiler exists (the stage runs the twins); required in CI.
-    native.check_built(_matchcore, "pipeline._matchcore")
+    native.check_built(_matchcore, "pipeline.common._matchcore")
 
 
 @needs_c
@@ -163,7 +164,7 @@ def test_buckets_refuse_bad_input():
 
 def test_stage_functions_without_the_c_core(monkeypatch):
     # Where the extension is not built, judge_batch and the bucket parts run on the Python twins: same results.
-    from pipeline import pool
+    from pipeline.match import pool
     rows = [{"source": f"p:{i}", "url": url, "caption": caption} for i, (url, caption) in enumerate([
         ("http://a/1", "A dog, in New York."), (" http://a/2 ", "new\tyork  at night"), ("ftp://a/3", "a dog"),
         ("http://a/4", "Caf&eacute; in New York!"), ("http://a/5", "nothing here"), ("http://a/6", None)])]

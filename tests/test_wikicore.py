@@ -1,7 +1,7 @@
 """Stage 1's C counting core gives exactly the counts of the Python reference (level 1: pure functions).
 
 The reference is `wikicore.PySplitCounter` (`wikitext.strip_wiki_markup` + `text.tokenize` + Counters); the
-C core (`pipeline/_wikicore.c`) is compared with it on every page of a synthetic dump, on the markup
+C core (`pipeline/queries/_wikicore.c`) is compared with it on every page of a synthetic dump, on the markup
 samples of test_wikitext.py, and on random wikitext built from markup fragments (Hypothesis).
 `python -m bench.bench_queries` runs the same comparison on the real Wikipedia excerpt.
 """
@@ -11,17 +11,17 @@ import inspect
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline import wikicore, wikidump, wikitext
-from pipeline.beamio import bucket_of
+from pipeline.common.beamio import bucket_of
+from pipeline.queries import wikicore, wikidump, wikitext
 from tests import native, test_queries, test_wikitext
 from tests.wikidumps import write_multistream
 
-needs_c = native.needs(wikicore._wikicore, "pipeline._wikicore")
+needs_c = native.needs(wikicore._wikicore, "pipeline.queries._wikicore")
 
 
 def test_c_core_is_built():
     # Optional where no C compiler exists (the stage runs the ~5x slower Python path); required in CI.
-    native.check_built(wikicore._wikicore, "pipeline._wikicore")
+    native.check_built(wikicore._wikicore, "pipeline.queries._wikicore")
 
 
 def counts(backend: str, pages: list[str]) -> tuple[list[int], tuple, list]:
