@@ -65,9 +65,9 @@ def write_seeds(target: str, out: Path) -> int:
             rows = [(f"http://example.org/{j}.jpg", s) for j, s in enumerate(sentences[i:i + 10])]
             seeds.append(bytes([0, 3, 2, 0]) + "\0".join(f"{url}\0{caption}" for url, caption in rows).encode())
     elif target == "hit_columns":
-        for i, page in enumerate(pages[:40]):  # (end position, word id) per word, as the matchers report hits
+        for i, page in enumerate(pages[:40]):  # (end position, word id) per word, fields 0 and 1, as matchers give
             words = [(m.end(), hash_id(m.group())) for m in re.finditer(r"\w+", page[:2000])]
-            seeds.append(bytes([0, 1]) + b"".join(b"\x02" + struct.pack("<qq", *hit) for hit in words))
+            seeds.append(bytes([2, 3]) + b"".join(b"\x02" + struct.pack("<qq", *hit) for hit in words))
     else:
         raise SystemExit(f"unknown fuzz target {target!r}")
     for n, seed in enumerate(seeds):

@@ -84,9 +84,10 @@ def check_rows_check(data: bytes) -> None:
 # ---- hit_columns --------------------------------------------------------------------------------------------
 
 def hit_columns_args(data: bytes) -> tuple:
-    """Tuples of 0-3 ints (8 bytes each, some widened past int64) and the two field numbers (0-2)."""
+    """Tuples of 0-3 ints (8 bytes each, some widened past int64) and the two field numbers (-2..2: a tuple index
+    may count from the end)."""
     head = data[:2].ljust(2, b"\0")
-    position_field, id_field = head[0] % 3, head[1] % 3
+    position_field, id_field = head[0] % 5 - 2, head[1] % 5 - 2
     hits, rest = [], data[2:]
     while rest:
         size, rest = rest[0] % 4, rest[1:]

@@ -115,7 +115,7 @@ def test_check_rows_refuses_bad_arguments():
 
 @needs_c
 @given(st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**31), st.integers(0, 2**31)), max_size=50),
-       st.sampled_from([(0, 1), (1, 0), (2, 0)]))
+       st.sampled_from([(0, 1), (1, 0), (2, 0), (-1, -2), (0, -3)]))
 def test_hit_columns_equal_python_twin(hits, fields):
     c_positions, c_ids = match.hit_columns(hits, *fields)
     py_positions, py_ids = match.hit_columns_py(hits, *fields)
@@ -124,8 +124,25 @@ def test_hit_columns_equal_python_twin(hits, fields):
 
 @needs_c
 def test_hit_columns_refuses_short_tuples():
+    for fields in ((0, 1), (-1, -2)):
+        with pytest.raises(IndexError):
+            match.hit_columns([(1, 2), (3,)], *fields)
+        with pytest.raises(IndexError):
+            match.hit_columns_py([(1, 2), (3,)], *fields)
     with pytest.raises(TypeError, match="tuple"):
-        match.hit_columns([(1, 2), (3,)], 0, 1)
+        match.hit_columns([[1, 2]], 0, 1)
+
+
+@needs_c
+def test_hit_columns_count_negative_fields_from_the_end():
+    # Found by fuzz/targets.py (tests/fuzz_corpus/hit_columns/negative-field-numbers): the C refused field -1,
+    # which its twin's operator.itemgetter reads as the last one.
+    hits = [(5, 7, 9), (6, 8, 10)]
+    for fields, want in (((-1, -3), ([9, 10], [5, 6])), ((-2, 0), ([7, 8], [5, 6]))):
+        got = match.hit_columns(hits, *fields)
+        assert (got[0].tolist(), got[1].tolist()) == want
+        py = match.hit_columns_py(hits, *fields)
+        assert (py[0].tolist(), py[1].tolist()) == want
 
 
 UIDS = [("http://a/1.jpg", "a dog", "b1e19f972194944d020279c70b1adaf9"),

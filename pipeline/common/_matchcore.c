@@ -289,13 +289,19 @@ static PyObject *hit_columns(PyObject *self, PyObject *args)
     int64_t *p = (int64_t *)PyByteArray_AS_STRING(positions), *q = (int64_t *)PyByteArray_AS_STRING(ids);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *hit = PyList_GET_ITEM(hits, i);
-        if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) <= pos_field || PyTuple_GET_SIZE(hit) <= id_field ||
-            pos_field < 0 || id_field < 0) {
-            PyErr_SetString(PyExc_TypeError, "hit_columns: each hit must be a tuple holding both fields");
+        if (!PyTuple_Check(hit)) {
+            PyErr_SetString(PyExc_TypeError, "hit_columns: each hit must be a tuple");
             goto fail;
         }
-        p[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(hit, pos_field));
-        q[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(hit, id_field));
+        /* a field number counts from the end when negative, as the twin's operator.itemgetter does */
+        Py_ssize_t size = PyTuple_GET_SIZE(hit), pf = pos_field < 0 ? pos_field + size : pos_field,
+                   idf = id_field < 0 ? id_field + size : id_field;
+        if (pf < 0 || pf >= size || idf < 0 || idf >= size) {
+            PyErr_SetString(PyExc_IndexError, "hit_columns: a hit without both fields");
+            goto fail;
+        }
+        p[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(hit, pf));
+        q[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(hit, idf));
         if ((p[i] == -1 || q[i] == -1) && PyErr_Occurred())
             goto fail;
     }
