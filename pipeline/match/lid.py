@@ -23,8 +23,8 @@ it separates words, as a space does).
 fastText speed (bench/bench_match.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096, CPU
 time on one core): ~25k texts/s (~40 us per caption), more than Aho-Corasick matching (~11 us), so the stage runs
 LID only on rows that matched. Until issue 15 a C re-implementation of this inference ran ~20x faster; it went:
-a maintained library's inference is worth more than what it saved, `match` end to end at 0.6x its former rate,
-~7 core-hours more on a full WIT-400M build (BENCHMARKS.md, "Native code").
+a maintained library's inference is worth more than what it saved: `match` end to end runs at 0.25-0.6x its
+former rate, ~7-13 core-hours more on a full WIT-400M build (BENCHMARKS.md, "Native code").
 A str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses as a str, is handed to it as its
 3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
 
