@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from bench.bench_train import previous_transform   # the loader's PIL path before the change
 from train.config import DataCfg
-from train.data import (DECODE_ERRORS, OPENAI_MEAN, OPENAI_STD, SkipCounter, decode_for_training, draft_scale,
-                        expand_shards, make_pipeline, open_rgb, random_resized_crop_box, sample_image_and_caption,
-                        shuffle_samples, tar_to_samples, to_model_input, train_transform, worker_rng)
+from train.data import (DECODE_ERRORS, OPENAI_MEAN, OPENAI_STD, SkipCounter, crop_and_resize, decode_for_training,
+                        draft_scale, expand_shards, make_pipeline, open_rgb, random_resized_crop_box,
+                        sample_image_and_caption, shuffle_samples, tar_to_samples, to_model_input, train_transform,
+                        worker_rng)
 from train.synthetic import noise_sample, shapes_sample, write_shards
 
 PHOTOS = sorted((Path(__file__).resolve().parent.parent / "data" / "sample" / "photos").glob("*"))
@@ -52,7 +55,7 @@ def pil_rgb(data: bytes, min_side: int) -> np.ndarray:
 def test_jpeg_decode_equals_pils_at_every_draft_scale(min_side, subsampling):
     data = encode(photo(), quality=90, subsampling=subsampling)
     got = decode_for_training(data, min_side)
-    assert got.shape[2] == 4 and np.array_equal(got[..., :3], pil_rgb(data, min_side))
+    assert np.array_equal(got, pil_rgb(data, min_side))
 
 
 def test_draft_scale_is_pils():
@@ -68,7 +71,7 @@ def test_grey_cmyk_png_and_webp_decode_as_pil_does():
     rgb = photo((120, 90))
     for data in (encode(rgb.convert("L")), encode(rgb.convert("CMYK")), encode(rgb, "PNG"), encode(rgb, "WEBP"),
                  encode(rgb.convert("RGBA"), "PNG")):
-        assert np.array_equal(decode_for_training(data, 50)[..., :3], pil_rgb(data, 50))
+        assert np.array_equal(decode_for_training(data, 50), pil_rgb(data, 50))
 
 
 def test_broken_jpegs_raise_decode_errors():
@@ -96,13 +99,6 @@ def torchvision_on_pil(data: bytes, size: int, scale, rng: random.Random) -> np.
     return np.asarray(image.crop(box).resize((size, size), Image.BICUBIC))
 
 
-def previous_transform(data: bytes, size: int, scale, rng: random.Random) -> np.ndarray:
-    """The loader's PIL path before the change: PIL resize with the crop as its box."""
-    image = open_rgb(data, math.ceil(size / 0.8))
-    box = random_resized_crop_box(*image.size, scale, rng)
-    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
-
-
 def test_inputs_cover_shrinking_and_enlarging():
     assert len(PHOTOS) >= 8, "data/sample/photos is missing: run `make sample-data`"
 
@@ -120,6 +116,16 @@ def test_crop_and_resize_is_within_two_levels_of_pil(size, scale):
         assert diff.max() <= 2
         means.append(diff.mean())
     assert np.mean(means) < 0.02
+
+
+def test_resize_into_a_batch_row_equals_torch_interpolate():
+    pixels = np.array(photo((300, 260)))
+    block = torch.zeros((2, 3, 224, 224), dtype=torch.uint8)
+    for row, box in enumerate([(10, 5, 260, 250), (0, 0, 224, 224)]):   # shrink; exact size (a plain copy)
+        crop_and_resize(pixels, box, block[row])
+        crop = torch.from_numpy(pixels[box[1]:box[3], box[0]:box[2]].copy()).permute(2, 0, 1)[None]
+        expected = F.interpolate(crop, size=(224, 224), mode="bicubic", antialias=True)[0]
+        assert torch.equal(block[row], expected)
 
 
 def test_against_the_previous_path_only_the_crop_border_differs():

@@ -54,7 +54,6 @@ import fsspec
 import numpy as np
 import simplejpeg
 import torch
-import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -216,14 +215,12 @@ def random_resized_crop_box(width: int, height: int, scale, rng: random.Random) 
 
 
 def decode_for_training(data: bytes, min_side: int) -> np.ndarray:
-    """Decode to an RGBX uint8 array (h, w, 4), at PIL `draft`'s reduced JPEG scale where the image is large.
+    """Decode to an RGB uint8 array (h, w, 3), at PIL `draft`'s reduced JPEG scale where the image is large.
 
     JPEGs decode with simplejpeg (libjpeg-turbo, like PIL's decoder; the RGB pixels are the same as
     `open_rgb`'s, tested) at PIL's power-of-two scale (1, 1/2, 1/4, 1/8), without PIL's per-image object
     overhead; anything else (PNG, WebP, CMYK JPEGs) and anything simplejpeg refuses (broken or truncated
     data) goes through `open_rgb`, so its errors and results are PIL's. The decompression-bomb limit is PIL's.
-    Why a fourth (padding) channel: libjpeg-turbo writes RGBX faster than RGB (~20% here), and torch's
-    uint8 resize works on 4-channel pixels anyway (it would pad RGB itself, at the cost of a copy).
     """
     if simplejpeg.is_jpeg(data):
         try:
@@ -236,11 +233,11 @@ def decode_for_training(data: bytes, min_side: int) -> np.ndarray:
         if width and height and colorspace in ("YCbCr", "Gray"):
             scale = draft_scale(width, height, min_side)
             try:   # asking for at least ceil(side / scale) pixels selects exactly the 1/scale DCT scaling
-                return simplejpeg.decode_jpeg(data, "RGBX", min_height=-(-height // scale),
+                return simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale),
                                               min_width=-(-width // scale))
             except ValueError:
                 pass   # PIL decides (warnings simplejpeg treats as errors; truncation: PIL's error)
-    return np.array(open_rgb(data, min_side).convert("RGBX"))   # writable: torch.from_numpy needs it
+    return np.array(open_rgb(data, min_side))   # writable: torch.from_numpy needs it
 
 
 def draft_scale(width: int, height: int, min_side: int) -> int:
@@ -249,8 +246,8 @@ def draft_scale(width: int, height: int, min_side: int) -> int:
     return next((s for s in (8, 4, 2) if most >= s), 1)
 
 
-def crop_and_resize(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """Crop `box` out of (h, w, c) uint8 pixels and resize it to (3, size, size) uint8, bicubic, once.
+def crop_and_resize(pixels: np.ndarray, box: tuple[int, int, int, int], out: torch.Tensor) -> torch.Tensor:
+    """Crop `box` out of (h, w, 3) uint8 pixels and resize it into `out`, uint8 (3, s, s), bicubic, once.
 
     This is torchvision's `resized_crop` as open_clip's RandomResizedCrop runs it: crop, then resize the
     crop alone (its edges are the image's edges for the filter). torch's uint8 antialiased bicubic (the
@@ -258,21 +255,24 @@ def crop_and_resize(pixels: np.ndarray, box: tuple[int, int, int, int], size: in
     scale when shrinking) with SIMD code, ~4x faster than PIL here; it stays within 2 levels of PIL's
     `crop(box).resize(...)` (tested). Our earlier `resize(..., box=box)` let the filter reach pixels outside
     the crop at its border, so border pixels differ from that path (interior ones by <= 2 levels, tested).
-    Returns the first three channels (a view; the batch copy drops the padding channel).
+    The kernel is F.interpolate(..., mode="bicubic", antialias=True)'s, called with `out=` so the result
+    lands in the batch's row without a temporary (tested equal to F.interpolate).
     """
     left, top, right, bottom = box
-    crop = torch.from_numpy(pixels[top:bottom, left:right]).permute(2, 0, 1).unsqueeze(0)
-    if crop.shape[2] != size or crop.shape[3] != size:
-        crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return crop[0, :3]
+    crop = torch.from_numpy(pixels[top:bottom, left:right]).permute(2, 0, 1)
+    if crop.shape[1:] == out.shape[1:]:
+        return out.copy_(crop)
+    torch.ops.aten._upsample_bicubic2d_aa.out(crop.unsqueeze(0), list(out.shape[1:]), False, None, None,
+                                              out=out.unsqueeze(0))
+    return out
 
 
-def train_transform(data: bytes, size: int, scale, rng: random.Random) -> torch.Tensor:
-    """Decode, random resized crop (CLIP / open_clip), resize once: uint8 (3, size, size)."""
+def train_transform(data: bytes, size: int, scale, rng: random.Random, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode, random resized crop (CLIP / open_clip), resize once: uint8 (3, size, size), into `out` if given."""
     # the smallest crop side is about sqrt(0.9 * 3/4) = 0.82 of the image side: decode at >= size / 0.8
     pixels = decode_for_training(data, math.ceil(size / 0.8))
     box = random_resized_crop_box(pixels.shape[1], pixels.shape[0], scale, rng)
-    return crop_and_resize(pixels, box, size)
+    return crop_and_resize(pixels, box, torch.empty((3, size, size), dtype=torch.uint8) if out is None else out)
 
 
 def eval_transform(image: Image.Image, size: int) -> np.ndarray:
@@ -316,7 +316,7 @@ def decode_into_batches(samples, batch_size: int, image_size: int, crop_scale, t
             images = new_image_block(batch_size, image_size)
         try:
             data, caption = sample_image_and_caption(sample)
-            images[len(keys)] = train_transform(data, image_size, crop_scale, rng)
+            train_transform(data, image_size, crop_scale, rng, out=images[len(keys)])
         except DECODE_ERRORS as exn:
             exn.args = exn.args + (sample.get("__url__"), sample.get("__key__"))
             skips.handler(exn)

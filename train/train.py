@@ -68,10 +68,13 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimCfg) -> torch.optim.AdamW:
+    """AdamW over two groups (decayed, not decayed); on CUDA the fused kernel: one launch per step for all
+    parameters instead of a few per tensor (ViT-B/32 has ~300 of them). The same update rule either way."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    fused = all(p.is_cuda for _, p in named) or None   # None: torch's default (foreach) elsewhere
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def autocast_for(precision: str, device: torch.device):
