@@ -100,6 +100,8 @@ def rates(samples: int, wall: float, cpu: float) -> dict:
 
 
 def time_training(shards: str, config: str, device: str, steps: int, extra: list[str]) -> dict:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         log_every = max(1, steps // 10)
         trainer.main(["--shards", shards, "--config", str(config), "--out", out, "--steps", str(steps),
@@ -159,11 +161,11 @@ def loader_suite(urls: list[str], image_size: int, context: int, workers: int, r
     return result
 
 
-def generated_shards(out: Path, shards: int, per_shard: int, image_size: int) -> tuple[str, list[str]]:
-    paths = write_shards(out, "noise", shards=shards, per_shard=per_shard, image_size=image_size, seed=0,
+def generated_shards(out: Path, shards: int, per_shard: int, image_size: int, kind: str = "noise") -> tuple[str, list[str]]:
+    paths = write_shards(out, kind, shards=shards, per_shard=per_shard, image_size=image_size, seed=0,
                          processes=os.cpu_count() or 1)
     bytes_per_sample = sum(Path(p).stat().st_size for p in paths) / (shards * per_shard)
-    log.info("generated %d shards x %d samples of %d px (%.1f KB per sample)", shards, per_shard, image_size,
+    log.info("generated %d %s shards x %d samples of %d px (%.1f KB per sample)", shards, kind, per_shard, image_size,
              bytes_per_sample / 1e3)
     return f"{out}/{{00000..{shards - 1:05d}}}.tar", paths
 
