@@ -33,8 +33,15 @@ section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's tr
 (`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
 install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
 simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
-uint8 antialiased bicubic, straight into the batch (`decode_into_batches`). Measured per core at 224 px
-from 256 px JPEGs: see BENCHMARKS.md (`bench_train --loader-only`).
+uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+
+Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
+BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
+both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
+faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
+tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
+PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
+not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
 """
 
 from __future__ import annotations
