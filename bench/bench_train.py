@@ -1,7 +1,7 @@
 """Benchmark of the trainer: the loader's samples per core next to a bare PIL decode, and training samples/s.
 
 Measured in one run, on the same shards (given with --shards, or generated: smooth-noise 256 px JPEGs with
-random captions, `train/synthetic.py`, like img2dataset's default output, so no file from outside the
+random captions, `demo/synthetic.py`, like img2dataset's default output, so no file from outside the
 repository is needed), in interleaved rounds (the machine is shared: each round measures the references and
 the loader back to back; the table gives medians and the median of the per-round ratios):
   - raw tar:     read every member's bytes with `tarfile` (I/O + tar parsing, one core);
@@ -45,9 +45,9 @@ from PIL import Image
 from bench.report import RESULTS, machine, machine_line, save_results, update_section
 from train import config as config_lib
 from train import train as trainer
-from train.data import (SkipCounter, expand_shards, make_loader, make_pipeline, open_rgb, random_resized_crop_box,
-                        tar_to_samples)
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
+from pipeline.common.images import open_rgb
+from train.data import SkipCounter, expand_shards, make_loader, make_pipeline, random_resized_crop_box, tar_to_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SAMPLES_PER_GPU = 1_500   # DESIGN.md: ViT-B/32 bf16 per H100
@@ -246,7 +246,7 @@ def loader_rows(r: dict) -> str:
 def markdown(results: dict) -> str:
     parts = ["## Training (`python -m bench.bench_train`)", "",
              f"Machine: {machine_line(results['machine'])}. Shards: generated 256 px smooth-noise JPEGs (~17 KB, "
-             "like photos of that size) with random captions (`train/synthetic.py`) unless stated. Per core = per "
+             "like photos of that size) with random captions (`demo/synthetic.py`) unless stated. Per core = per "
              "CPU-second used by the process."]
     if "loader" in results:
         lo = results["loader"]

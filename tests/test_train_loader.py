@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.bench_train import previous_transform   # the loader's PIL path before the change
+from demo.synthetic import noise_sample, shapes_sample, write_shards
+from pipeline.common.images import DECODE_ERRORS, open_rgb
 from train.config import DataCfg
-from train.data import (DECODE_ERRORS, OPENAI_MEAN, OPENAI_STD, SkipCounter, crop_and_resize, decode_for_training,
-                        draft_scale, expand_shards, make_pipeline, open_rgb, random_resized_crop_box,
-                        sample_image_and_caption, shuffle_samples, tar_to_samples, to_model_input, train_transform,
-                        worker_rng)
-from train.synthetic import noise_sample, shapes_sample, write_shards
+from train.data import (OPENAI_MEAN, OPENAI_STD, SkipCounter, crop_and_resize, decode_for_training, draft_scale,
+                        expand_shards, make_pipeline, random_resized_crop_box, sample_image_and_caption,
+                        shuffle_samples, tar_to_samples, to_model_input, train_transform, worker_rng)
 
 PHOTOS = sorted((Path(__file__).resolve().parent.parent / "data" / "sample" / "photos").glob("*"))
 
