@@ -292,8 +292,8 @@ def decode_into_batches(samples, batch_size: int, image_size: int, crop_scale, t
     """Raw samples -> batches {"images", "texts", "keys", "skipped"}; corrupt samples go to `skips`.
 
     Each image is decoded, cropped and resized straight into its row of the batch's (n, 3, s, s) uint8
-    block, so no per-sample image outlives its decode (a small working set: the decode and resize buffers
-    stay in cache), and the block is what pinned memory and the device copy move in one piece. The captions
+    block: no per-sample image waits for the batch to fill and no stack copies them again, and the block is
+    what pinned memory and the device copy move in one piece. The captions
     are tokenized in one call per batch. In a DataLoader worker the block is allocated in shared memory, as
     torch's default_collate does, so handing it to the training process copies nothing.
     """
