@@ -7,7 +7,7 @@ Out: `runs/NAME/`: `ckpt_latest.pt` (model, optimizer, scaler, step, data positi
 
 Recipe (CLIP, Radford et al. 2021, section 2.5 and Table 19; open_clip's defaults where the paper is
 silent): AdamW, no weight decay on gains, biases, embeddings and the temperature; linear warm-up then cosine
-decay (`lr_at`); global grad-norm clipping; bf16 autocast on GPU; the logit scale clamped at 100.
+decay (`lr_at`); global grad-norm clipping; bf16 autocast and fused AdamW on GPU; the logit scale clamped at 100.
 Multi-GPU / multi-node with `torchrun` (DDP; NCCL on GPU, gloo on CPU): the loss sees the features of
 every rank (train/loss.py), shards are split by node and by worker (train/data.py).
 
