@@ -161,7 +161,8 @@ def loader_suite(urls: list[str], image_size: int, context: int, workers: int, r
     return result
 
 
-def generated_shards(out: Path, shards: int, per_shard: int, image_size: int, kind: str = "noise") -> tuple[str, list[str]]:
+def generated_shards(out: Path, shards: int, per_shard: int, image_size: int,
+                     kind: str = "noise") -> tuple[str, list[str]]:
     paths = write_shards(out, kind, shards=shards, per_shard=per_shard, image_size=image_size, seed=0,
                          processes=os.cpu_count() or 1)
     bytes_per_sample = sum(Path(p).stat().st_size for p in paths) / (shards * per_shard)
@@ -179,8 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=0, help="per GPU/process (default: the config's)")
     parser.add_argument("--workers", type=int, default=0, help="loader workers (default: cores - 1, at most 12)")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--loader-only", action="store_true", help="measure the loader, print one JSON line, write nothing")
-    parser.add_argument("--image-size", type=int, default=224, help="the loader's output size (default 224, ViT-B/32's)")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="measure the loader, print one JSON line, write nothing")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="the loader's output size (default 224, ViT-B/32's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the loader measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -233,7 +236,8 @@ def loader_rows(r: dict) -> str:
     lines = [f"| {name} | {rate:,.0f} | {ratio} |" for name, rate, ratio in rows]
     if "loader_workers" in r:
         w = r["loader_workers"]
-        lines.append(f"| loader, DataLoader, {w['workers']} worker process(es) (wall clock) | {w['samples_per_s']:,.0f} | |")
+        lines.append(f"| loader, DataLoader, {w['workers']} worker process(es) (wall clock) "
+                     f"| {w['samples_per_s']:,.0f} | |")
     cores = ", ".join(f"{int(rate):,} samples/s: {n} cores" for rate, n in r["cores_per_gpu"].items())
     below = (f" Below the {TARGET_LOADER_RATIO}x target: train/data.py's docstring says where the time goes."
              if r["loader_vs_pil_decode"] < TARGET_LOADER_RATIO else "")

@@ -109,7 +109,8 @@ def run(device: str, smoke: bool, out: Path, workers: int = 0) -> dict:
         context = 77   # CLIP's, as the ViT-B/32 config
         # 4 shards (1,024 samples at full size) are enough for a per-core rate and keep this part under a minute
         result["loader"] = bench_train.loader_per_core(urls[:4], plan["loader_size"], context, plan["loader_rounds"])
-        log.info("loader: %s", json.dumps({k: result["loader"][k] for k in ("pil_decode", "loader", "loader_vs_pil_decode")}))
+        log.info("loader: %s", json.dumps({k: result["loader"][k]
+                                           for k in ("pil_decode", "loader", "loader_vs_pil_decode")}))
         result["throughput"] = {"eager": throughput(shards, plan, device, workers, compiled=False)}
         log.info("eager: %s", json.dumps(result["throughput"]["eager"]))
         if plan["compile"]:
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     if args.record:
         path = RESULTS / "train.json"
-        results = record(json.loads(Path(args.record).read_text()), json.loads(path.read_text()) if path.exists() else {})
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        results = record(json.loads(Path(args.record).read_text()), earlier)
         save_results("train", results)
         update_section("train", bench_train.markdown(results))
         from bench import projection
