@@ -263,7 +263,10 @@ def markdown(results: dict) -> str:
                   "throughput only). The machine is shared: training rates vary 2x between runs here."]
     if "gpu_train" in results:
         t, lo = results["gpu_train"], results["gpu_loader"]
+        host = f" Host: {machine_line(t['host'])}." if "host" in t else ""
         parts += ["", f"### GPU: `{t['config']}` on {t.get('gpu', 'CUDA')}, bf16, {t['steps']} steps", "",
+                  f"{'Compiled' if t.get('compiled') else 'Eager'} (the faster of the runs), {t.get('workers', '?')} "
+                  f"loader workers.{host}", "",
                   "| what | measured | target |", "|---|---|---|",
                   f"| samples/s per GPU | {t['samples_per_s']:,.0f} | >= {TARGET_SAMPLES_PER_GPU:,} "
                   f"(open_clip: ~{REFERENCE_A100} per A100) |",

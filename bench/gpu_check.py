@@ -141,9 +141,10 @@ def record(check: dict, results: dict) -> dict:
     runs = [t for t in check["throughput"].values() if "samples_per_s" in t]
     best = max(runs, key=lambda t: t["samples_per_s"])
     gpu_train = {**best, "gpu": check["gpu"], "torch": check["torch"], "workers": check["workers"],
+                 "host": check["machine"],
                  "all_runs": {name: t for name, t in check["throughput"].items()},
                  "correctness": check["correctness"]}
-    return {**results, "gpu_train": gpu_train, "gpu_loader": check["loader"]}
+    return {"machine": check["machine"], **results, "gpu_train": gpu_train, "gpu_loader": check["loader"]}
 
 
 def main(argv: list[str] | None = None) -> int:

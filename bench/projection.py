@@ -72,7 +72,7 @@ def main() -> None:
         lines.append(f"| {stage} | {work} | {rate:,.1f} {what} | {core_h:,.0f} | {core_h / CORES * 60:,.0f} min |")
     rate, source = gpu_rate(train or {})
     gpu_h = SAMPLES_SEEN / rate / 3600
-    lines.append(f"| train ViT-B/32 | 32 epochs x 400M = {SAMPLES_SEEN / 1e9:.1f}B samples | {rate:,} samples/s per GPU, "
+    lines.append(f"| train ViT-B/32 | 32 epochs x 400M = {SAMPLES_SEEN / 1e9:.1f}B samples | {rate:,.0f} samples/s per GPU, "
                  f"{source} | {gpu_h:,.0f} GPU-hours | {gpu_h / GPUS / 24:,.1f} days |")
     lines += ["", "Downloads over the internet are bounded by bandwidth, DNS and remote servers, not CPU: "
               "img2dataset's README reports 100M URLs in 20 h on one machine (~1,400 images/s) and LAION-400M in "

@@ -62,14 +62,16 @@ def test_gpu_check_script_runs_its_smoke_mode_on_cpu(tmp_path):
         gpu_check.record(result, {})
 
 
-def test_a_recorded_gpu_check_feeds_the_train_section_and_the_projection():
-    from bench import gpu_check, projection
+def test_a_recorded_gpu_check_feeds_the_train_section_and_the_projection(tmp_path, monkeypatch):
+    from bench import gpu_check, projection, report
     run = {"steps": 300, "config": "train/configs/vit_b32.json", "samples_per_s": 2000.0, "data_share": 0.02,
            "first_loss": 5.5, "last_loss": 5.4, "extra_args": [], "gpu": "NVIDIA H200", "peak_memory_gb": 20.0}
     loader = {"image_size": 224, "samples": 1024, "rounds": 2, "raw_tar": 5000.0, "pil_decode": 1000.0,
               "loader": 800.0, "previous_loader": 300.0, "loader_vs_pil_decode": 0.8, "ratio_per_round": [0.8, 0.8],
               "cores_per_gpu": {"1500": 1.9, "2500": 3.1}}
+    host = {"cpu": "Xeon", "cores": 16, "memory_gb": 128, "python": "3.12", "date_utc": "then"}
     check = {"device": "cuda", "smoke": False, "gpu": "NVIDIA H200", "torch": "2.11", "workers": 14, "loader": loader,
+             "machine": host,
              "throughput": {"eager": {**run, "compiled": False}, "compiled": {**run, "samples_per_s": 2400.0,
                                                                             "compiled": True}},
              "correctness": {"checks": {"loss_decreased": True}}}
@@ -80,3 +82,13 @@ def test_a_recorded_gpu_check_feeds_the_train_section_and_the_projection():
     assert "NVIDIA H200" in md and "| samples/s per GPU | 2,400 |" in md and "3.0 cores per GPU needed" in md
     assert projection.gpu_rate(results) == (2400.0, "measured on NVIDIA H200 (bench/gpu_check.sh)")
     assert projection.gpu_rate({})[0] == projection.OPEN_CLIP_A100
+    # the command line: `python -m bench.gpu_check --record FILE` writes train.json, BENCHMARKS.md, the projection
+    for module in (report, gpu_check, projection):
+        monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(report, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    (tmp_path / "gpu_check.json").write_text(json.dumps(check))
+    assert gpu_check.main(["--record", str(tmp_path / "gpu_check.json")]) == 0
+    assert json.loads((tmp_path / "results" / "train.json").read_text())["gpu_train"]["samples_per_s"] == 2400.0
+    written = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| samples/s per GPU | 2,400 |" in written and "2,400 samples/s per GPU, measured on NVIDIA H200" in written
+    assert "Compiled (the faster of the runs), 14 loader workers. Host: Xeon, 16 cores" in written
