@@ -5,7 +5,7 @@ filters, MetaCLIP spacing) on rows built from the characters where the two could
 whitespace character Python's str.split()/strip() and the regex class \\s know (\\x1c-\\x1f included), the
 punctuation marks of text.PUNCT_TO_WRAP, URL delimiters, scheme spellings, '&' references, non-ASCII letters
 and spaces, non-string values and readers' reasons. `hit_columns` is held to its twin on generated input.
-fuzz/fuzz_matchcore.py holds both to their twins on arbitrary input (tests/test_fuzz.py runs it briefly).
+fuzz/targets.py holds both to their twins on arbitrary input (make fuzz; make test runs it briefly).
 The uids and buckets the stages write are hashlib's BLAKE2b and zlib's CRC-32: pinned here by values written
 out by hand, since a changed uid or bucket would change every output file.
 """
