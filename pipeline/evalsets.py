@@ -12,7 +12,8 @@ layouts are read, each yielding `(image_id, label, encoded image bytes)` in a fi
   784 pixel values (28x28, 0..255) then the label, no header; `image_id` is `row<i>` (as `train.zeroshot`).
   The pixels are encoded to PNG so every reader hands out the same thing.
 
-Class names (and templates) come from `--classnames NAME=FILE|a,b,c`, else from a side file found next to
+Class names (and templates) come from `--classnames NAME=FILE|a,b,c|LIST` (LIST: a shipped list of published
+names and templates, `cifar10`, `cifar100` or `imagenet`, pipeline/classnames/), else from a side file found next to
 the set: `classnames.{json,yaml,yml,txt}` inside a folder set, or `<stem>.classnames.{...}` /
 `classnames.{...}` beside a file set. JSON/YAML hold a list of names or `{"classnames": [...],
 "templates": [...]}`; TXT holds one name per line. An ImageFolder without a side file uses its folder
@@ -45,6 +46,9 @@ TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CLASSNAME_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
 MNIST_SIDE = 28  # MNIST images are 28x28 grey (LeCun et al. 1998)
+# The class names and templates of published zero-shot results, as JSON with their source (cifar10, cifar100,
+# imagenet): `--classnames cifar10` names one of these.
+SHIPPED_LISTS = Path(__file__).resolve().parent / "classnames"
 
 
 class EvalSetError(ValueError):
@@ -95,6 +99,12 @@ def classname_candidates(path: str) -> list[str]:
            [str(p.parent / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
 
 
+def shipped_list(name: str) -> str | None:
+    """The path of a shipped class-name list (`cifar10`, `cifar100`, `imagenet`), None for any other value."""
+    path = SHIPPED_LISTS / f"{name}.json"
+    return str(path) if name.isidentifier() and path.is_file() else None
+
+
 def load_classnames(path: str) -> tuple[list[str], list[str]]:
     """(class names, templates) from a JSON/YAML/TXT file; EvalSetError if missing or malformed."""
     if not os.path.isfile(path):
@@ -118,6 +128,7 @@ def load_classnames(path: str) -> tuple[list[str], list[str]]:
 def resolve_classnames(path: str, layout: str, given: str | None) -> tuple[list[str], list[str]]:
     """Class names from the flag (file or comma list), else a side file, else ImageFolder folder names."""
     if given:
+        given = shipped_list(given) or given
         if os.path.isfile(given) or "," not in given:
             return load_classnames(given)
         return [n.strip() for n in given.split(",")], []
