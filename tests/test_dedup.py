@@ -421,7 +421,7 @@ def test_embedding_rerun_equals_once_and_reads_the_cache(planted_border_and_crop
     assert again["counters"]["rejected"] == {}
 
 
-@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a checkpoint", "is not a train/train.py checkpoint")])
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a checkpoint", "not a readable PyTorch weights file")])
 def test_bad_checkpoint_is_one_clear_error(planted, content, message):
     tmp_path, eval_root, shard_dir = planted
     path = tmp_path / "model.pt"
