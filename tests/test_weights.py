@@ -287,6 +287,19 @@ def test_init_starts_training_from_open_clip_weights(tmp_path):
         build(other, None, 0, 1, torch.device("cpu"), "fp32", str(path))
 
 
+def test_train_cli_init_starts_from_the_file(tmp_path, eval_data):
+    from train import train
+    model = tiny_model(seed=7)
+    path = open_clip_checkpoint(tmp_path / "epoch_3.pt", model)
+    # one step at learning rate 0: AdamW moves nothing, so the saved weights are the file's
+    train.main(["--shards", eval_data[1], "--out", str(tmp_path / "ft"), "--init", str(path), "--steps", "1",
+                "--batch-size", "8", "--lr", "0", "--warmup", "1", "--config", str(ROOT / "train" / "configs" / "tiny.json"),
+                "--workers", "0", "--set", "run.threads=1", "--set", "data.shuffle_buffer=16", "--set",
+                "data.shuffle_initial=8"])
+    saved = torch.load(tmp_path / "ft" / "ckpt_latest.pt", weights_only=True)
+    assert saved["step"] == 1 and all(torch.equal(v, model.state_dict()[k]) for k, v in saved["model"].items())
+
+
 def test_dedup_encoder_reads_open_clip_files_with_their_model(tmp_path):
     model = tiny_model(seed=6)
     ours = embed.load_encoder(str(our_checkpoint(tmp_path / "ckpt.pt", model)), "cpu")
