@@ -220,6 +220,9 @@ def load_weights(path: str | Path, model: str | ModelCfg | None = None) -> Weigh
     path = str(path)
     if not Path(path).is_file():
         raise WeightsError(f"{path}: no such file")
+    if path.endswith(".safetensors"):   # open_clip's hub weights also come so; the safetensors package is not ours
+        raise WeightsError(f"{path}: .safetensors is not read here; take the .bin/.pt file, or save "
+                           "safetensors.torch.load_file(PATH) with torch.save")
     try:
         contents = read_file(path)
     # torch.load raises UnpicklingError on non-weights pickles (weights_only), RuntimeError/EOFError/OSError
