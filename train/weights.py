@@ -85,12 +85,17 @@ def model_config(spec: str) -> ModelCfg:
         values = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"--model {spec}: not a JSON file ({e})") from None
-    if "vision_cfg" in values:
-        cfg = from_open_clip_config(values, str(path))
-    elif "model" in values:
-        cfg = config_lib.from_dict({"model": values["model"]}).model
-    else:
+    if not isinstance(values, dict) or not ("vision_cfg" in values or "model" in values):
         raise WeightsError(f"--model {spec}: neither an open_clip model config (vision_cfg, text_cfg) nor a train config")
+    try:
+        if "vision_cfg" in values:
+            cfg = from_open_clip_config(values, str(path))
+        else:
+            cfg = config_lib.from_dict({"model": values["model"]}).model
+    except WeightsError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:   # unknown keys, missing embed_dim, wrong types
+        raise WeightsError(f"--model {spec}: not a usable model config ({type(e).__name__}: {e})") from None
     return dataclasses.replace(cfg, quick_gelu=True) if quick_gelu else cfg
 
 
