@@ -163,10 +163,10 @@ def is_torchscript(path: str) -> bool:
 def read_file(path: str) -> object:
     """The file's contents: TorchScript archives through `torch.jit.load`, everything else weights-only."""
     if is_torchscript(path):
-        # A TorchScript archive holds TorchScript code and tensors, no Python pickles: torch.jit.load builds the
-        # module in torch's own C++ deserializer without running Python code from the file. We only read its
-        # parameters (state_dict() iterates them in Python) and never call its methods, so the archive's code
-        # never runs; what is trusted is torch's parser, as for any file we read.
+        # Why this is safe: an archive's pickles (data.pkl, constants.pkl) are read by torch's C++ unpickler,
+        # which builds only tensors and TorchScript types, never Python objects or callables, and its code is
+        # TorchScript that is compiled, not run, on load. We take the parameters (state_dict()) and never call
+        # a method, so none of the archive's code runs. What is trusted is torch's C++ deserializer.
         return torch.jit.load(path, map_location="cpu")
     return torch.load(path, map_location="cpu", weights_only=True)
 
