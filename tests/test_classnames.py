@@ -1,4 +1,4 @@
-"""The shipped class-name lists (pipeline/classnames/): published names and templates, taken by the readers."""
+"""The shipped class-name lists (pipeline/common/classnames/): published names and templates, taken by the readers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.evalsets import SHIPPED_LISTS, load_classnames, open_eval_set, shipped_list
+from pipeline.common.evalsets import SHIPPED_LISTS, load_classnames, open_eval_set, shipped_list
 from train.zeroshot import template_set
 
 

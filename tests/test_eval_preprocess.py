@@ -1,4 +1,4 @@
-"""Eval preprocessing (train/data.py `eval_image`) against open_clip's `image_transform(size, is_train=False)`,
+"""Eval preprocessing (pipeline/common/images.py `eval_image`) against open_clip's `image_transform(size, is_train=False)`,
 written out step by step with the sizes and offsets computed by hand: torchvision's Resize truncates the long
 side, CenterCrop rounds its offsets half to even, RGB conversion comes after both, and nothing is draft-decoded."""
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import OPENAI_MEAN, OPENAI_STD, eval_image, to_model_input
+from pipeline.common.images import eval_image
+from train.data import OPENAI_MEAN, OPENAI_STD, to_model_input
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import embed
+from pipeline.dedup import embed
 from train import config as config_lib
 from train import export, zeroshot
 from train.model import CLIP
-from train.synthetic import draw_shape, shape_classes, write_shards
+from demo.synthetic import draw_shape, shape_classes, write_shards
 from train.train import build
 from train.weights import WeightsError, load_model, load_weights, model_config
 

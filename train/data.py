@@ -37,7 +37,6 @@ dependency: it does not install beside this torch build).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -55,6 +54,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.common.images import DECODE_ERRORS, open_rgb
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 
@@ -64,8 +64,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)   # open_clip constants.OPENAI_DATASET_STD
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")          # img2dataset's output formats
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
-# Exceptions a corrupt sample raises while decoding (PIL signals some broken headers with SyntaxError).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def seed_of(*parts) -> int:
@@ -194,13 +192,6 @@ def sample_image_and_caption(sample: dict) -> tuple[bytes, str]:
 
 # ---- images ------------------------------------------------------------------------------------------------
 
-def open_rgb(data: bytes, min_side: int) -> Image.Image:
-    """Decode to RGB; JPEGs decode at a reduced DCT scale when they are much larger than needed."""
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (min_side, min_side))   # JPEG only: both sides stay >= min_side
-    return image.convert("RGB")
-
-
 def random_resized_crop_box(width: int, height: int, scale, rng: random.Random) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params (10 tries, then a centre crop), as a PIL box."""
     area = width * height
@@ -228,27 +219,6 @@ def train_transform(data: bytes, size: int, scale, rng: random.Random) -> np.nda
     image = open_rgb(data, math.ceil(size / 0.8))
     box = random_resized_crop_box(*image.size, scale, rng)
     return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
-
-
-def eval_image(data: bytes, size: int) -> np.ndarray:
-    """An encoded image -> uint8 (size, size, 3) as open_clip's eval preprocessing sees it: full decode (no JPEG
-    draft scaling), then `eval_transform`. Zero-shot, retrieval and dedup's embeddings all read images here."""
-    return eval_transform(Image.open(io.BytesIO(data)), size)
-
-
-def eval_transform(image: Image.Image, size: int) -> np.ndarray:
-    """open_clip 3.3.0's `image_transform(size, is_train=False)` before ToTensor, step by step: torchvision's
-    `Resize(size)` (short side to `size`, long side `int(size * long / short)`, truncated; bicubic, in the image's
-    own mode: PIL resizes palette images by nearest neighbour, RGBA premultiplied), `CenterCrop(size)` (offsets
-    `int(round((side - size) / 2))`, Python's half-to-even), then `convert("RGB")`. Normalisation with OpenAI's
-    mean/std follows in `to_model_input`."""
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    if short != size:
-        new_long = int(size * long / short)
-        image = image.resize((size, new_long) if width <= height else (new_long, size), Image.BICUBIC)
-    left, top = int(round((image.width - size) / 2.0)), int(round((image.height - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)).convert("RGB"))
 
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 Stage: `train` (`make eval`). In: weights in any format train/weights.py reads (our `ckpt_latest.pt`, open_clip
 checkpoints and state dicts, OpenAI's archives; `--model` names the architecture where the file has none);
-eval sets as `--eval-set [NAME=]PATH` in any layout `pipeline/evalsets.py` reads (ImageFolder, WebDataset eval
+eval sets as `--eval-set [NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder, WebDataset eval
 shards with `.cls` labels, an MNIST-style CSV), with class names from `--classnames` (a shipped list such as
 `cifar10`, a file or a,b,c), a side file, or the folder names (a CSV without names gets the digits "0".."9");
 optionally held-out pair shards for retrieval. Images and prompts are prepared exactly as open_clip's eval
-transform and tokenizer prepare them (train/data.py `eval_image`, train/tokenizer.py), so numbers compare with
-published ones. Out: `zeroshot_<NAME>.json` (our report, beside the checkpoint or `--out`), the same results in
+transform and tokenizer prepare them (pipeline/common/images.py `eval_image`, train/tokenizer.py), so numbers
+compare with published ones. Out: `zeroshot_<NAME>.json` (our report, beside the checkpoint or `--out`), the same results in
 CLIP_benchmark's JSON layout in `clip_benchmark/` beside it, and `predictions_<NAME>.jsonl` beside the
 checkpoint, one line per image `{"eval_set", "image_id", "label", "pred", "correct"}` (the `overlap` stage's input).
 
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.evalsets import (EvalSet, classname_candidates, iter_eval_images, layout_of, load_classnames, open_eval_set,
-                               parse_eval_spec, shipped_list)
-from train.data import (DECODE_ERRORS, SkipCounter, eval_image, expand_shards, sample_image_and_caption, tar_to_samples,
-                        to_model_input)
+from pipeline.common.evalsets import (EvalSet, classname_candidates, iter_eval_images, layout_of, load_classnames,
+                                      open_eval_set, parse_eval_spec, shipped_list)
+from pipeline.common.images import DECODE_ERRORS, eval_image
+from train.data import SkipCounter, expand_shards, sample_image_and_caption, tar_to_samples, to_model_input
 from train.model import CLIP
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 from train.weights import WeightsError, load_model
@@ -54,7 +54,7 @@ TEMPLATES = {
 # ---- eval sets ---------------------------------------------------------------------------------------------
 
 def read_eval_set(spec: str, classnames: str | None) -> tuple[EvalSet, list[str], np.ndarray, list[bytes]]:
-    """`[NAME=]PATH` -> (the set, image ids, labels, encoded images), through pipeline/evalsets.py."""
+    """`[NAME=]PATH` -> (the set, image ids, labels, encoded images), through pipeline/common/evalsets.py."""
     name, path = parse_eval_spec(spec) if "=" in spec else (Path(spec.rstrip("/")).name.split(".")[0], spec)
     if classnames is None and layout_of(path) == "csv" and not any(Path(c).is_file() for c in classname_candidates(path)):
         classnames = ",".join(str(d) for d in range(10))   # the CSV layout is MNIST's: digits 0-9
