@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
-from pipeline.common.evalsets import SHIPPED_LISTS, load_classnames, open_eval_set, shipped_list
+from pipeline.common.evalsets import SHIPPED_LISTS, iter_eval_images, load_classnames, open_eval_set, shipped_list
+from tests.evalfixtures import add_member, jpeg_bytes, pattern_image
 from train.zeroshot import template_set
 
 
@@ -38,3 +40,19 @@ def test_readers_take_a_shipped_list_by_name(tmp_path):
     eval_set = open_eval_set("c10", str(tmp_path / "set"), "cifar10")
     assert eval_set.classnames[:2] == ("airplane", "automobile") and len(eval_set.templates) == 18
     assert shipped_list("cifar10") and shipped_list("../cifar10") is None and shipped_list("mnist") is None
+
+
+def test_clip_benchmark_webdataset_layout_gives_names_and_templates(tmp_path):
+    # CLIP_benchmark's wds sets: ROOT/test/{0..n}.tar + nshards.txt, ROOT/classnames.txt and
+    # ROOT/zeroshot_classification_templates.txt (clip_benchmark/datasets/builder.py, build_wds_dataset)
+    (tmp_path / "test").mkdir()
+    with tarfile.open(tmp_path / "test" / "0.tar", "w") as tar:      # plain tar, as CLIP_benchmark's
+        add_member(tar, "s0.jpg", jpeg_bytes(pattern_image(1)))
+        add_member(tar, "s0.cls", b"1")
+    (tmp_path / "test" / "nshards.txt").write_text("1\n")
+    (tmp_path / "classnames.txt").write_text("cat\ndog\n")
+    (tmp_path / "zeroshot_classification_templates.txt").write_text("a photo of a {}.\na drawing of a {}.\n")
+    eval_set = open_eval_set("pets", str(tmp_path / "test"))
+    assert (eval_set.layout, eval_set.classnames) == ("webdataset", ("cat", "dog"))
+    assert eval_set.templates == ("a photo of a {}.", "a drawing of a {}.")
+    assert [(i, y) for i, y, _ in iter_eval_images(eval_set)] == [("s0", 1)]
