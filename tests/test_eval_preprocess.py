@@ -1,6 +1,7 @@
-"""Eval preprocessing (pipeline/common/images.py `eval_image`) against open_clip's `image_transform(size, is_train=False)`,
-written out step by step with the sizes and offsets computed by hand: torchvision's Resize truncates the long
-side, CenterCrop rounds its offsets half to even, RGB conversion comes after both, and nothing is draft-decoded."""
+"""Eval preprocessing (pipeline/common/images.py `eval_image`) against open_clip's
+`image_transform(size, is_train=False)`, written out step by step with the sizes and offsets computed by hand:
+torchvision's Resize truncates the long side, CenterCrop rounds its offsets half to even, RGB conversion comes
+after both, and nothing is draft-decoded."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train.tokenizer import DEFAULT_MERGES, N_MERGES, VOCAB_SIZE, ClipTokenizer, bytes_to_unicode, clean_text, read_merges
+from train.tokenizer import (DEFAULT_MERGES, N_MERGES, VOCAB_SIZE, ClipTokenizer, bytes_to_unicode, clean_text,
+                             read_merges)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ class ReferenceBPE:
         vocab += self.special
         self.encoder = {v: i for i, v in enumerate(vocab)}
         self.ranks = {m: i for i, m in enumerate(merges)}
-        self.pattern = regex.compile("|".join(self.special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                                     regex.IGNORECASE)
+        words = r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+        self.pattern = regex.compile("|".join(self.special) + words, regex.IGNORECASE)
 
     def bpe(self, token: str) -> list[str]:
         word = list(token[:-1]) + [token[-1] + "</w>"]

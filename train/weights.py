@@ -86,7 +86,8 @@ def model_config(spec: str) -> ModelCfg:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"--model {spec}: not a JSON file ({e})") from None
     if not isinstance(values, dict) or not ("vision_cfg" in values or "model" in values):
-        raise WeightsError(f"--model {spec}: neither an open_clip model config (vision_cfg, text_cfg) nor a train config")
+        raise WeightsError(f"--model {spec}: neither an open_clip model config (vision_cfg, text_cfg) "
+                           "nor a train config")
     try:
         if "vision_cfg" in values:
             cfg = from_open_clip_config(values, str(path))

@@ -2,14 +2,15 @@
 
 Stage: `train` (`make eval`). In: weights in any format train/weights.py reads (our `ckpt_latest.pt`, open_clip
 checkpoints and state dicts, OpenAI's archives; `--model` names the architecture where the file has none);
-eval sets as `--eval-set [NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder, WebDataset eval
-shards with `.cls` labels, an MNIST-style CSV), with class names from `--classnames` (a shipped list such as
-`cifar10`, a file or a,b,c), a side file, or the folder names (a CSV without names gets the digits "0".."9");
+eval sets as `--eval-set [NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder, WebDataset
+eval shards with `.cls` labels, an MNIST-style CSV), with class names from `--classnames` (a shipped list such
+as `cifar10`, a file or a,b,c), a side file, or the folder names (a CSV without names gets the digits "0".."9");
 optionally held-out pair shards for retrieval. Images and prompts are prepared exactly as open_clip's eval
 transform and tokenizer prepare them (pipeline/common/images.py `eval_image`, train/tokenizer.py), so numbers
-compare with published ones. Out: `zeroshot_<NAME>.json` (our report, beside the checkpoint or `--out`), the same results in
-CLIP_benchmark's JSON layout in `clip_benchmark/` beside it, and `predictions_<NAME>.jsonl` beside the
-checkpoint, one line per image `{"eval_set", "image_id", "label", "pred", "correct"}` (the `overlap` stage's input).
+compare with published ones. Out: `zeroshot_<NAME>.json` (our report, beside the checkpoint or `--out`), the
+same results in CLIP_benchmark's JSON layout in `clip_benchmark/` beside it, and `predictions_<NAME>.jsonl`
+beside the checkpoint, one line per image `{"eval_set", "image_id", "label", "pred", "correct"}` (the `overlap`
+stage's input).
 
 Classification as in CLIP (Radford et al. 2021, sections 3.1.2 and 3.1.4): each class name is put into prompt
 templates, the normalised text embeddings of one class's prompts are averaged and renormalised, and an image is

@@ -39,7 +39,9 @@ from pipeline.dedup.phash import IMAGE_EXTENSIONS, batched, file_signature, read
 
 log = logging.getLogger(__name__)
 
-EMBED_VERSION = 2      # 2: open_clip's eval preprocessing (no draft decode, RGB after resizing). Bump when the preprocessing changes: invalidates every embedding cache file
+# bump when the preprocessing changes: invalidates every embedding cache file
+# (2: open_clip's eval preprocessing, no draft decode, RGB conversion after resizing)
+EMBED_VERSION = 2
 BATCH = 256            # images per forward pass (zeroshot.encode_images' default)
 
 
