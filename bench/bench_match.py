@@ -131,6 +131,7 @@ import gc, sys
 from bench.bench_match import rss_mb
 from pipeline.match import stage as match
 from pipeline.common.records import load_query_list
+from pipeline.common.logs import setup_logging
 entries = load_query_list(sys.argv[1])
 gc.collect()
 before = rss_mb()
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "two CPU times, so the larger the difference, the less a disturbed second moves it")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "match.json"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     data = Path(args.data)
     load_at_start = os.getloadavg()
 

@@ -36,8 +36,10 @@ from PIL import Image
 from bench.report import RESULTS, machine, machine_line, save_results, update_section
 from train import config as config_lib
 from train import train as trainer
-from train.data import expand_shards, make_loader, make_pipeline
+from pipeline.common.files import expand
+from train.data import make_loader, make_pipeline
 from demo.synthetic import write_shards
+from pipeline.common.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SAMPLES_PER_GPU = 1_500   # DESIGN.md: ViT-B/32 bf16 per H100
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=0, help="loader workers (default: cores - 1, at most 12)")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         if args.shards:
-            shards, urls = args.shards, expand_shards(args.shards)
+            shards, urls = args.shards, expand(args.shards, ".tar")
         elif cuda:   # 256 px like img2dataset's default output, resampled for as many steps as asked
             shards, urls = generated_shards(Path(tmp), shards=40, per_shard=256, image_size=256)
         else:

@@ -48,10 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import beamio, matchcore
+from pipeline.common import beamio, files, matchcore
 from pipeline.common.beamrun import counter, pipeline_options, read_counters
 from pipeline.common.manifest import write_json_atomic, write_manifest
 from pipeline.common.records import MATCHED_COLUMNS, text_lines
+from pipeline.common.logs import setup_logging
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
@@ -402,11 +403,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def matched_files(matched: str) -> tuple[list[str], str]:
     """(part files, path of query_counts.tsv) of a match output; ValueError if it is not one."""
-    fs, root = fsspec.core.url_to_fs(matched)
-    parts = sorted(fs.glob(f"{root}/part-*.parquet"))
-    if not parts:
+    paths = files.find(f"{matched.rstrip('/')}/part-*.parquet")
+    if not paths:
         raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
-    paths = [fs.unstrip_protocol(p) if "://" in matched else p for p in parts]
     beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
@@ -479,7 +478,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    beamio.configure_logging()
+    setup_logging()
     run(argv if argv is not None else sys.argv[1:])
 
 

@@ -49,9 +49,11 @@ import pyarrow.parquet as pq
 from scipy import stats as scipy_stats
 
 from pipeline.common import rawtar
+from pipeline.common.images import image_member
 from pipeline.common.evalsets import EvalSet, EvalSetError, iter_eval_images, open_eval_sets
 from pipeline.common.rawtar import iter_raw_samples
 from pipeline.common.manifest import write_json_atomic, write_manifest
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def training_sample(shard: str, key: str) -> tuple[bytes | None, str]:
     for sample_key, members in iter_raw_samples(shard):
         if sample_key == key:
             parts = {rawtar.extension(m): m.data for m in members}
-            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+            image = image_member(parts)
             return image, parts.get("txt", b"").decode("utf-8", "replace")
     return None, ""
 
@@ -358,7 +360,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     report = run(argv)
     s = report["summary"]
     log.info("overlap: %d sets, median %.2f%%, mean %.2f%%, zero overlap: %s", s["sets"], s["median_overlap_pct"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import bench_train
-from train.data import expand_shards
+from pipeline.common.files import expand
 from demo.synthetic import write_shards
 
 
@@ -13,7 +13,7 @@ from demo.synthetic import write_shards
 def test_loader_and_training_measurements_render_a_section(tmp_path):
     write_shards(tmp_path, "noise", shards=2, per_shard=40, image_size=48)
     shards = f"{tmp_path}/{{00000..00001}}.tar"
-    loader = bench_train.loader_suite(expand_shards(shards), image_size=32, context=32, workers=1)
+    loader = bench_train.loader_suite(expand(shards, ".tar"), image_size=32, context=32, workers=1)
     assert loader["raw_tar"]["samples"] == loader["loader_one_core"]["samples"] == 80
     assert loader["loader_workers"]["samples"] == 80
     training = bench_train.time_training(shards, bench_train.ROOT / "train/configs/tiny.json", "cpu", 3,

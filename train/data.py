@@ -1,8 +1,8 @@
 """Streaming training data: WebDataset shards -> augmented, tokenized batches. Nothing is extracted to disk.
 
 Stage: `train`. In: shards in img2dataset's WebDataset layout (`KEY.jpg`, `KEY.txt`, `KEY.json` per
-sample), named by local paths (or a directory of them), fsspec URLs (`s3://`, `gs://`, `hf://`,
-`file://`), `pipe:` commands or http(s) URLs, with brace patterns (`shards/x/{00000..00099}.tar`) and
+sample), as `pipeline.common.files.expand` lists them: local paths or a folder of them, globs, fsspec URLs
+(`s3://`, `gs://`, `hf://`), `pipe:` commands or http(s) URLs, brace patterns (`shards/x/{00000..00099}.tar`),
 `::` between several specs.
 Out: dicts `{"images": uint8 (n, 3, s, s), "texts": int64 (n, context), "keys": [...], "skipped": {...}}`
 (a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`).
@@ -44,7 +44,6 @@ import math
 import random
 from collections import Counter
 from functools import partial
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -54,7 +53,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.common.images import DECODE_ERRORS, open_rgb
+from pipeline.common.images import DECODE_ERRORS, image_member, open_rgb
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 
@@ -62,24 +61,12 @@ log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_DATASET_MEAN
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)   # open_clip constants.OPENAI_DATASET_STD
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")          # img2dataset's output formats
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
 
 
 def seed_of(*parts) -> int:
     """A 64-bit seed from any parts; the same in every process (unlike `hash()` of a str)."""
     return int.from_bytes(hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
-
-
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Brace patterns and `::`-separated specs -> the list of shard URLs; a local directory means its *.tar."""
-    if isinstance(spec, str) and Path(spec).is_dir():
-        urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
-    else:
-        urls = wds.shardlists.expand_urls(spec) if isinstance(spec, str) else list(spec)
-    if not urls:
-        raise ValueError(f"no shards in {spec!r}")
-    return urls
 
 
 def count_samples(urls: list[str]) -> int | None:
@@ -184,7 +171,7 @@ def decode_samples(samples, image_size: int, crop_scale, seed: int, epoch: int, 
 
 
 def sample_image_and_caption(sample: dict) -> tuple[bytes, str]:
-    image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+    image = image_member(sample)
     if image is None or "txt" not in sample:
         raise ValueError(f"sample has no image or no caption (fields: {sorted(k for k in sample if k[0] != '_')})")
     return image, sample["txt"].decode("utf-8")

@@ -34,10 +34,12 @@ import torch
 from pipeline.common.evalsets import EvalSet, classname_candidates, iter_eval_images, layout_of, open_eval_set, parse_eval_spec
 from pipeline.common.images import DECODE_ERRORS, eval_transform, open_rgb
 from train import config as config_lib
-from train.data import SkipCounter, expand_shards, sample_image_and_caption, tar_to_samples, to_model_input
+from pipeline.common.files import expand
+from train.data import SkipCounter, sample_image_and_caption, tar_to_samples, to_model_input
 from train.model import CLIP
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 from train.train import load_checkpoint
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger("zeroshot")
 
@@ -79,7 +81,7 @@ def pair_features(model: CLIP, tokenizer: ClipTokenizer, spec: str, limit: int, 
     """Image and text features of up to `limit` held-out pairs, in shard order; broken samples skipped."""
     skips = SkipCounter("skip")
     arrays, captions, image_features = [], [], []
-    for sample in tar_to_samples(({"url": u} for u in expand_shards(spec)), skips.handler):
+    for sample in tar_to_samples(({"url": u} for u in expand(spec, ".tar")), skips.handler):
         try:
             data, caption = sample_image_and_caption(sample)
             arrays.append(eval_transform(open_rgb(data, size), size))
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="results JSON (default: zeroshot_<eval set>.json beside the checkpoint)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     if not args.eval_set and not args.pairs:
         parser.error("give --eval-set, --pairs, or both")
 

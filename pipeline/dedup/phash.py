@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from pipeline.common import rawtar
 from pipeline.common.evalsets import EvalSet, eval_set_signature, iter_eval_images
+from pipeline.common.images import image_member
 
 try:  # optional fast JPEG path (see decode_jpeg_small); without it PIL's draft mode does the same, slower
     import simplejpeg
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 
 HASH_VERSION = 2                  # bump when the hash function changes: invalidates every cache file
 DRAFT_SIZE = 32                   # draft target = pHash's 32x32 input; measured in bench/bench_dedup.py
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 BORDER_TOL = 12                   # grey levels a frame pixel may differ from the frame colour (JPEG noise); the one
                                   # value tried: border recall 0.968, precision unchanged (bench/bench_dedup.py)
 
@@ -245,7 +245,7 @@ def hash_shard(path: str, draft: bool = True) -> tuple[pa.Table, str | None]:
         with fsspec.open(path, "rb") as f:
             for key, members in rawtar.group_by_key(rawtar.iter_members(f)):
                 sample = {rawtar.extension(m): m.data for m in members}
-                data = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+                data = image_member(sample)
                 phash, trimmed, status = image_hashes(data, draft) if data is not None else (None, None, MISSING_IMAGE)
                 rows["key"].append(key)
                 rows["uid"].append(uid_of_sample(key, sample))

@@ -87,11 +87,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.evalsets import EvalSet, EvalSetError, open_eval_sets
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.rawtar import iter_raw_samples
 from pipeline.dedup import embed, mih, phash
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -242,22 +243,6 @@ def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
     return reasons
 
 
-def list_shards(spec: str) -> list[str]:
-    """Shard paths from a folder, a glob, a brace pattern or one file (local or fsspec), sorted."""
-    if "{" in spec:
-        import braceexpand  # a webdataset dependency
-        return list(braceexpand.braceexpand(spec))
-    fs, path = fsspec.core.url_to_fs(spec)
-    protocol = spec.split("://")[0] + "://" if "://" in spec else ""
-    if any(c in path for c in "*?["):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = fs.glob(path.rstrip("/") + "/*.tar")
-    else:
-        found = [path] if fs.exists(path) else []
-    return sorted(protocol + p for p in found if p.endswith(".tar"))
-
-
 class ShardRewriter:
     """Writes kept samples into `NNNNN.tar` shards of `per_shard` samples, members copied byte for byte."""
 
@@ -375,16 +360,14 @@ def run(argv: list[str] | None = None) -> dict:
     cache = os.path.join(args.out, "cache")
     try:
         eval_sets = open_eval_sets(args.eval, args.classnames)
-        shards = list_shards(args.shards)
-        if not shards:
-            raise SystemExit(f"dedup: no .tar shards at {args.shards}")
+        shards = files.expand(args.shards, ".tar")
         eval_tables = {s.name: phash.eval_hashes(s, cache, args.workers, args.draft) for s in eval_sets}
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
                 raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
         encoder = embed.load_encoder(args.embed_checkpoint, args.embed_device) if args.embed_checkpoint else None
         clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
-    except (EvalSetError, embed.CheckpointError) as e:
+    except (EvalSetError, embed.CheckpointError, files.NoFilesError) as e:
         raise SystemExit(f"dedup: {e}") from None
     eval_features = None
     if encoder is not None:
@@ -471,7 +454,7 @@ def dropped_per_set(eval_sets: list[EvalSet], decisions: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     manifest = run(argv)
     c = manifest["counters"]
     log.info("dedup: read %d, kept %d, rejected %s -> %s", c["read"], c["kept"], c["rejected"],

@@ -1,6 +1,6 @@
 """Candidate-pool readers for the `match` stage: tabular files (parquet, TSV, CSV, JSONL) and Common Crawl WAT.
 
-In: local or fsspec paths/globs. Out: raw rows `{"source", "url", "caption", "meta"}` where url and caption
+In: local or fsspec files (listed by pipeline.common.files; a folder means its pool-format files). Out: raw rows `{"source", "url", "caption", "meta"}` where url and caption
 are whatever the file held (None, numbers, strings with undecodable bytes kept as surrogates); a row the
 reader could not parse at all carries `"reason": "malformed_row"`. Judging rows is `match.judge_batch`'s
 job, so every physical row is read exactly once and counted exactly once.
@@ -55,7 +55,7 @@ from fsspec.utils import infer_compression
 MALFORMED_ROW = "malformed_row"
 INVALID_UTF8 = "invalid_utf8"
 FORMATS = ("parquet", "tsv", "csv", "jsonl", "wat")
-_SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
+POOL_SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
     ".parquet": "parquet", ".wat.gz": "wat", ".wat": "wat",
     ".tsv": "tsv", ".tsv.gz": "tsv", ".csv": "csv", ".csv.gz": "csv",
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json": "jsonl", ".json.gz": "jsonl",
@@ -125,23 +125,11 @@ class RowBatch:
                    reasons if any(reasons) else None)
 
 
-def expand_pool(patterns: list[str]) -> list[str]:
-    """Sorted, de-duplicated paths matching the globs (local or fsspec URLs); PoolError if nothing matches."""
-    paths: set[str] = set()
-    for pattern in patterns:
-        fs, _ = fsspec.core.url_to_fs(pattern)
-        found = fs.glob(pattern) if any(c in pattern for c in "*?[") else ([pattern] if fs.exists(pattern) else [])
-        paths.update(fs.unstrip_protocol(p) if "://" in pattern else p for p in found if not fs.isdir(p))
-    if not paths:
-        raise PoolError(f"empty pool: no file matches {' '.join(patterns)}")
-    return sorted(paths)
-
-
 def file_format(path: str, requested: str) -> str:
     """The format of one pool file: the requested one, or by suffix for 'auto'."""
     if requested != "auto":
         return requested
-    for suffix, fmt in _SUFFIXES.items():
+    for suffix, fmt in POOL_SUFFIXES.items():
         if path.endswith(suffix):
             return fmt
     raise PoolError(f"{path}: cannot tell the pool format from the name; pass --pool-format {'|'.join(FORMATS)}")

@@ -77,13 +77,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.common import beamio, matchcore
+from pipeline.common import beamio, files, matchcore
 from pipeline.match import lid, pool
 from pipeline.common.beamio import bytes_table, table_bytes
 from pipeline.common.beamrun import counter, pipeline_options, read_counters
 from pipeline.common.manifest import write_manifest
 from pipeline.common.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
 from pipeline.common.text import spacing
+from pipeline.common.logs import setup_logging
 
 STAGE = "match"
 
@@ -663,7 +664,7 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         check_settings(args)
         queries = load_query_list(args.queries)
-        paths = pool.expand_pool(args.pool)
+        paths = files.expand(args.pool, tuple(pool.POOL_SUFFIXES))
         pool.check_pool_files(paths, spec)
         ranges = [prange for path in paths for prange in pool.plan_ranges(path, spec, args.split_bytes)]
         if languages:
@@ -701,7 +702,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    beamio.configure_logging()
+    setup_logging()
     run(argv if argv is not None else sys.argv[1:])
 
 

@@ -44,14 +44,14 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.common import beamrun, manifest
+from pipeline.common import beamio, beamrun, files, manifest
 from pipeline.queries import wikicore, wikidump, wikitext
 from pipeline.common.beamio import add_counts, bucket_of  # bucket_of: stable across processes, unlike hash()
 from pipeline.common.records import QUERY_LIST_HEADER
 from pipeline.common.text import is_query_token, normalize_entry
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 NS = "queries"  # Beam counter namespace
@@ -212,7 +212,7 @@ class CountSplitWordsFn(beam.DoFn):
         log.info("stage 1 counting core: %s", wikicore.BACKEND)
         self.read = beamrun.counter(NS, "read")
         self.kept = beamrun.counter(NS, "kept")
-        self.rejected = {r: beamrun.counter(NS, f"rejected.{r}") for r in (
+        self.rejected = {r: beamrun.counter(NS, f"rejected_{r}") for r in (
             wikitext.NOT_ARTICLE, wikitext.REDIRECT, wikitext.MALFORMED_PAGE, wikitext.EMPTY_TEXT,
             wikitext.TRUNCATED_STREAM, wikitext.CORRUPT_STREAM)}
 
@@ -450,7 +450,7 @@ def wordnet_candidates(path: str, buckets: int) -> Iterator[tuple[int, list]]:
     The file is read whole (data.noun, the largest, is 15 MB): one element per file instead of one per
     line. Lines split as Beam's ReadFromText splits them ('\\n' or '\\r\\n'), decoded as strict UTF-8.
     """
-    with FileSystems.open(path) as f:
+    with files.open_file(path, "rb") as f:
         lines = f.read().decode("utf-8").split("\n")
     lemmas, bad = [], 0
     for line in lines:
@@ -467,16 +467,11 @@ def wordnet_candidates(path: str, buckets: int) -> Iterator[tuple[int, list]]:
 
 
 def write_query_list(rows: list[tuple], out_dir: str) -> None:
-    """Write queries.tsv and source_stats.json through Beam's filesystems (temp file + rename)."""
+    """Write queries.tsv and source_stats.json, each atomically (readers never see half a list)."""
     for name, payload in (("queries.tsv", format_rows(rows)),
                           ("source_stats.json", json.dumps(source_stats(rows), indent=2) + "\n")):
-        final = FileSystems.join(out_dir, name)
-        tmp = final + ".tmp"
-        with FileSystems.create(tmp) as f:
+        with files.atomic_write(f"{out_dir.rstrip('/')}/{name}", "wb") as f:
             f.write(payload.encode("utf-8"))
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
 
 
 class KeepTopRowsFn(beam.CombineFn):
@@ -534,7 +529,7 @@ class BuildQueryList(beam.PTransform):
         titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews, a.count_buckets)
         candidates = [unigrams, bigrams, titles]
         if a.wordnet:
-            wordnet_files = [FileSystems.join(a.wordnet, f) for f in WORDNET_FILES]
+            wordnet_files = [f"{a.wordnet.rstrip('/')}/{f}" for f in WORDNET_FILES]
             candidates.append(splits.pipeline
                               | "ListWordNetFiles" >> beam.Create(wordnet_files)
                               | "WordNetCandidates" >> beam.FlatMap(wordnet_candidates, a.count_buckets))
@@ -558,7 +553,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m pipeline.queries", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dump", action="append", required=True,
-                   help="MediaWiki export file or glob (.xml, .xml.bz2, multistream); repeatable")
+                   help="MediaWiki export file, folder, glob or brace pattern (.xml, .xml.bz2, multistream); repeatable")
     p.add_argument("--out", required=True, help="output folder, e.g. queries/enwiki")
     p.add_argument("--wordnet", help="folder with WordNet 3.0 data.noun/verb/adj/adv (omit: no WordNet source)")
     p.add_argument("--pageviews", help="page-view count files (glob): 'en Title views bytes' or 'Title<TAB>views'")
@@ -581,8 +576,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _check_wordnet(folder: str) -> list[str]:
-    paths = [FileSystems.join(folder, f) for f in WORDNET_FILES]
-    missing = [p for p in paths if not FileSystems.exists(p)]
+    paths = [f"{folder.rstrip('/')}/{f}" for f in WORDNET_FILES]
+    missing = [p for p in paths if not files.exists(p)]
     if missing:
         raise wikidump.InputError(f"WordNet folder {folder} lacks {', '.join(missing)}")
     return paths
@@ -593,27 +588,25 @@ def run(argv: list[str] | None = None) -> dict:
     args, beam_args = parse_args(argv)
     started = time.time()
     try:
-        dumps = wikidump.expand_inputs(args.dump)
+        dumps = files.expand(args.dump, wikidump.DUMP_SUFFIXES)
         for path in dumps:
             wikidump.check_dump(path)
         splits = [s for path in dumps for s in wikidump.plan_splits(path, args.split_mb << 20)]
         extra_inputs = _check_wordnet(args.wordnet) if args.wordnet else []
         if args.pageviews:
-            extra_inputs += wikidump.expand_inputs([args.pageviews])
-    except wikidump.InputError as e:
+            extra_inputs += files.expand(args.pageviews)
+    except (wikidump.InputError, files.NoFilesError) as e:
         raise SystemExit(f"queries: {e}") from None
-    if not FileSystems.exists(args.out):
-        FileSystems.mkdirs(args.out)
+    files.makedirs(args.out)
 
     with beam.Pipeline(options=beamrun.pipeline_options(beam_args)) as p:
         _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(args)
     result = p.result
     counters = beamrun.read_counters(result, NS)
 
-    with FileSystems.open(FileSystems.join(args.out, "source_stats.json")) as f:
+    with files.open_file(f"{args.out.rstrip('/')}/source_stats.json", "rb") as f:
         stats = json.loads(f.read())
-    rejected = {k.split(".", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("rejected.")}
-    page_counters = {"read": counters.get("read", 0), "kept": counters.get("kept", 0), "rejected": rejected}
+    page_counters = beamio.manifest_counters(counters)
     settings = {k: v for k, v in vars(args).items() if k not in ("dump",)}
     settings["beam_args"] = beam_args
     inputs = [manifest.file_info(x, checksum=not args.no_checksums) for x in dumps + extra_inputs]
@@ -622,11 +615,11 @@ def run(argv: list[str] | None = None) -> dict:
         wall_time_s=time.time() - started,
         extra={"splits": len(splits), "sources": stats,
                "other_counters": {k: v for k, v in counters.items()
-                                  if k not in ("read", "kept") and not k.startswith("rejected.")}})
+                                  if k not in ("read", "kept") and not k.startswith("rejected_")}})
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     m = run(argv)
     s = m["sources"]
     c = m["counters"]

@@ -1,7 +1,8 @@
 """Stage 4 (`make shards`): download the balanced pairs into WebDataset shards with img2dataset.
 
-In:  the balanced parquet of `balance` (`uid, url, caption, query_ids`, more columns ignored), a glob or a
-     folder, local or fsspec; optionally the `queries.tsv` the ids refer to (`--queries`), for names.
+In:  the balanced parquet of `balance` (`uid, url, caption, query_ids`, more columns ignored), a file,
+     folder, glob or brace pattern, local or fsspec; optionally the `queries.tsv` the ids refer to
+     (`--queries`), for names.
 Out: `<out>/{00000..}.tar` in img2dataset's layout, one sample per downloaded image keyed by its `uid`:
      `<uid>.jpg`, `<uid>.txt` (caption), `<uid>.json` (uid, url, caption, query_ids, query_names, width, height,
      original_width, original_height, sha256, status); per shard `NNNNN.parquet` (every row attempted, with
@@ -66,15 +67,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.common.downloads import NOT_WRITTEN, SHARD_FAILED, failure_reason, is_transient
-from pipeline.common.files import expand_files, qualified
+from pipeline.common.files import NoFilesError, expand, find
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.records import QueryListError, load_query_list
 from pipeline.shards.netguard import FetchPolicy, build_guarded_opener, url_refusal
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
-import img2dataset  # noqa: F401 -- after the environment above
+# img2dataset imports albumentations, which checks PyPI for updates on import unless NO_ALBUMENTATIONS_UPDATE=1:
+# the entry points (`python -m pipeline.shards`, the Makefile, the tests' conftest) set it; a library caller sets it.
+import img2dataset  # noqa: F401
 from img2dataset.downloader import Downloader
 from img2dataset.writer import WebDatasetSampleWriter
+from pipeline.common.logs import setup_logging
 
 # The module, not the package attribute: img2dataset/__init__.py rebinds `img2dataset.main` to a function.
 i2d_main = importlib.import_module("img2dataset.main")
@@ -144,14 +147,6 @@ def download_settings(args: argparse.Namespace, url_list: str, extra_columns: li
 
 
 # ---- preparing the input ----
-
-def expand_inputs(pattern: str) -> list[str]:
-    """Input parquet files of a glob or a folder; SystemExit if there are none."""
-    paths = expand_files(pattern, ".parquet")
-    if not paths:
-        raise SystemExit(f"shards: no input parquet matches {pattern!r}")
-    return paths
-
 
 def query_names(query_ids: Iterable[int] | None, names: list[str]) -> list[str | None]:
     """Names of query ids (None for an id outside the list)."""
@@ -242,13 +237,12 @@ def shard_sizes(rows_per_file: list[int], per_shard: int) -> list[int]:
 
 def shard_files(out: str) -> dict[int, dict[str, str]]:
     """{shard id: {"tar"|"parquet"|"stats": path}} of the numbered shard files in out."""
-    fs, root = fsspec.core.url_to_fs(out)
     found: dict[int, dict[str, str]] = collections.defaultdict(dict)
-    for path in fs.glob(f"{root}/[0-9]*"):
+    for path in find(f"{out.rstrip('/')}/[0-9]*"):
         match = re.fullmatch(r"(\d+)(\.tar|\.parquet|_stats\.json)", path.rsplit("/", 1)[-1])
         if match:
             kind = {"_stats.json": "stats"}.get(match.group(2), match.group(2)[1:])
-            found[int(match.group(1))][kind] = qualified(fs, path)
+            found[int(match.group(1))][kind] = path
     return dict(found)
 
 
@@ -363,7 +357,10 @@ def policy_of(args: argparse.Namespace) -> FetchPolicy:
 
 def run_main(args: argparse.Namespace) -> dict:
     """Prepare (or reuse) the input and download the shards not finished yet; return the prepared summary."""
-    inputs = [file_info(p) for p in expand_inputs(args.input)]
+    try:
+        inputs = [file_info(p) for p in expand(args.input, ".parquet")]
+    except NoFilesError as err:
+        raise SystemExit(f"shards: {err}") from None
     queries = file_info(args.queries) if args.queries else None
     fingerprint = {"inputs": inputs, "queries": queries, "allow_loopback": args.allow_loopback,
                    "samples_per_shard": args.samples_per_shard}
@@ -398,7 +395,7 @@ def run_retry(args: argparse.Namespace, prepared: dict) -> None:
         return
     fs, root = fsspec.core.url_to_fs(args.out)
     fs.makedirs(f"{root}/_retry", exist_ok=True)
-    round_path = f"{args.out}/_retry/round-{len(fs.glob(f'{root}/_retry/round-*.parquet')) + 1:03d}.parquet"
+    round_path = f"{args.out}/_retry/round-{len(find(f'{args.out}/_retry/round-*.parquet')) + 1:03d}.parquet"
     with fsspec.open(round_path, "wb") as f:
         pq.write_table(rows, f)
     log.info("shards: retrying %d rows (%s)", rows.num_rows, round_path)
@@ -438,7 +435,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     run(argv)
 
 
