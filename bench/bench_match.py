@@ -59,6 +59,7 @@ from bench.report import machine, machine_line, update_section
 from pipeline import balance
 from pipeline.match import lid, pool
 from pipeline.match import stage as match
+from pipeline.common.logs import setup_logging
 from pipeline.common.text import normalize_entry, spacing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +132,6 @@ import gc, sys
 from bench.bench_match import rss_mb
 from pipeline.match import stage as match
 from pipeline.common.records import load_query_list
-from pipeline.common.logs import setup_logging
 entries = load_query_list(sys.argv[1])
 gc.collect()
 before = rss_mb()

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import balance
+from tests import balance_reference as reference
 from pipeline.common import beamio, records
 from pipeline.match import stage as match
 from pipeline.common.text import PUNCT_TO_WRAP
@@ -169,6 +170,7 @@ def test_buckets_refuse_bad_input():
 def test_stage_functions_without_the_c_core(monkeypatch):
     # Where the extension is not built, judge_batch and the bucket parts run on the Python twins: same results.
     from pipeline.match import pool
+    from tests.test_match import records_of
     rows = [{"source": f"p:{i}", "url": url, "caption": caption} for i, (url, caption) in enumerate([
         ("http://a/1", "A dog, in New York."), (" http://a/2 ", "new\tyork  at night"), ("ftp://a/3", "a dog"),
         ("http://a/4", "Caf&eacute; in New York!"), ("http://a/5", "nothing here"), ("http://a/6", None)])]
@@ -179,7 +181,7 @@ def test_stage_functions_without_the_c_core(monkeypatch):
         judged = match.judge_batch(batch, matcher, None, (), 5, 2000, 1)
         parts = match.BucketParts((), 4)
         parts.add(judged, batch)
-        return judged.records(), judged.rejected, parts.send()
+        return records_of(judged), judged.rejected, parts.send()
 
     built = judged_and_parts()
     monkeypatch.setattr(match, "_matchcore", None)
@@ -225,8 +227,8 @@ def test_decide_keep_without_the_c_core(monkeypatch, mode):
     rows = [{"uid": records.uid_of(f"http://x/{i}", "c"), "url": f"http://x/{i}", "caption": "c",
              "query_ids": sorted(set(rng.integers(0, 9, rng.integers(1, 4)).tolist()))} for i in range(400)]
     table = pa.Table.from_pylist(rows, schema=records.matched_schema())
-    counts = balance.count_entries([(r["uid"], r["query_ids"]) for r in rows])
-    thresholds = balance.strict_thresholds([(r["uid"], r["query_ids"]) for r in rows], counts, 30, 1)
+    counts = reference.count_entries([(r["uid"], r["query_ids"]) for r in rows])
+    thresholds = reference.strict_thresholds([(r["uid"], r["query_ids"]) for r in rows], counts, 30, 1)
 
     def decide():
         out = list(balance.DecideKeepFn(mode, 30, 1).process(table, counts, thresholds))
@@ -236,4 +238,4 @@ def test_decide_keep_without_the_c_core(monkeypatch, mode):
     monkeypatch.setattr(balance, "_c_draws", None)
     assert decide() == built
     kept = set(built[0])
-    assert kept == balance.select_pairs([(r["uid"], r["query_ids"]) for r in rows], 30, 1, mode)
+    assert kept == reference.select_pairs([(r["uid"], r["query_ids"]) for r in rows], 30, 1, mode)

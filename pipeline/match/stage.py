@@ -1,56 +1,22 @@
 """Stage 2, `match`: candidate (image URL, text) pairs -> pairs whose text contains a query.
 
-In:  a candidate pool (`--pool GLOB`, repeatable): parquet / TSV / CSV / JSONL with url + caption columns
-     (`--url-col/--caption-col`, img2dataset's convention), or Common Crawl WAT files (`<img>` alt text);
-     the query list `queries/<name>/queries.tsv` of the `queries` stage.
-Out: `<out>/part-BBBBB-of-NNNNN.parquet` (`uid, url, caption, query_ids` + `--keep-cols`), one per URL bucket,
-     sorted by uid; `<out>/query_counts.tsv` (`query_id, query, count`, every query, zero matches included);
-     `<out>/rejected/part-BBBBB-of-NNNNN.parquet` (`reason, source, url, caption`, sorted by source);
-     `<out>/manifest.json`. The files are a function of the inputs and settings alone: byte-identical on
-     1 or N workers and on any runner.
-
-Recipe (MetaCLIP, Xu et al. 2023, "Demystifying CLIP Data", `substr_matching`): per row, in this order,
-the first failing check names the row's reject reason:
-  1. the row parses, url and caption are present strings of valid UTF-8;
-  2. normalise: HTML unescape, Unicode NFC, whitespace runs -> one space (url: stripped);
-  3. cheap filters: http(s) URL with a host; caption length in chars and words within bounds;
-  4. matching: every query q with `spacing(q)` a substring of `spacing(caption)` (whole tokens,
-     case-sensitive; `pipeline.common.text`, the same functions stage 1 counted with), found with one
-     Aho-Corasick pass over the spaced entries (ahocorasick-rs by default; `--matcher pyahocorasick`, the
-     design's named library, gives the same matches: see DEFAULT_MATCHER). The automaton is built once per
-     worker in `DoFn.setup` from the query file's path, never pickled into bundles;
-  5. language ID (default: English only, fastText lid.176, see `pipeline.match.lid` for the measurements behind
-     the backend and `--lid-min-confidence`) only on rows that matched: LID is the costliest check and can
-     change the outcome only there. A row is rejected when its top language is not allowed and at least
-     that probable;
-  6. exact duplicate URLs: of all surviving rows with one URL, the one with the smallest uid (then
-     source) is kept, whichever worker saw it first (MetaCLIP de-duplicates its pool by URL).
-
-Beam layout. The first design (one element per row, a GroupByKey per row on the URL, Beam's parquet writer)
-ran end to end at 0.29x the rate of its own per-row function (4.8k vs 16.5k captions/s, bench_match): Beam's
-per-element cost dominated. Now elements are batches, and inside a batch the work is column-wise:
-  - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges; `--split-bytes`)
-    so one huge file is read by many workers; a range is read in `pool.RowBatch`es of BATCH_ROWS rows, a list
-    per column (parquet straight from Arrow, never a dict per row);
-  - steps 1-5 judge a whole batch per element (`judge_batch`): one loop for the cheap checks, normalisation and
-    spacing (`check_rows`: in C for ASCII rows, pipeline/common/_matchcore.c, the Python reference for the rest), then
-    one Aho-Corasick call over all the batch's spaced captions (`QueryMatcher.match_spaced`), one LID call over
-    the captions that matched, one call for the uids; reasons are counted per batch, not per row;
-  - the survivors and rejects of SEND_ROWS rows (several batches) are split by bucket (`beamio.buckets_of`,
-    `--buckets` buckets: the URL for survivors, the source for rejects) into Arrow tables, sent as Arrow IPC
-    bytes (a few buffers per part; a pickled table costs a fixed ~0.3 ms, IPC ~0.05 ms);
-  - one GroupByKey on the bucket (B keys, a few elements per SEND_ROWS rows, instead of one key per row)
-    brings all rows with one URL together; step 6 runs inside the bucket with Arrow sorts, and the bucket is
-    written as one part file sorted by uid (plus its rejected part, sorted by source). Every bucket is
-    written, empty ones too, so the next stage always finds files.
-bench/bench_match.py measures the stage function and the whole stage against bare pyahocorasick matching.
-Every row read ends kept or rejected with one reason; Beam counters feed the manifest (read = kept + rejected).
-
-Run:  python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --caption-col TEXT \\
-          --queries queries/enwiki/queries.tsv --out work/matched [--runner=... other Beam options]
-      (or `make match`). CC3M's headerless TSV: `--pool-format tsv --no-header --url-col 1 --caption-col 0`.
-      A bucket is de-duplicated in one worker's memory: for big pools raise `--buckets` to about one per
-      million matched rows.
+In:  a candidate pool (`--pool`, repeatable: files, folders, globs, brace patterns): parquet / TSV / CSV / JSONL
+     with url + caption columns (img2dataset's convention), or Common Crawl WAT files (`<img>` alt text); the
+     query list `queries/<name>/queries.tsv` of the `queries` stage.
+Out: `<out>/part-BBBBB-of-NNNNN.parquet` (`uid, url, caption, query_ids` + `--keep-cols`, one per URL bucket,
+     sorted by uid), `query_counts.tsv` (every query, zero matches included), `rejected/part-*.parquet`
+     (`reason, source, url, caption`), `manifest.json`. Byte-identical on 1 or N workers and on any runner.
+Recipe (MetaCLIP, Xu et al. 2023, `substr_matching`); per row, the first failing check names the reject reason:
+  1. parses, url and caption present and valid UTF-8; 2. normalise (HTML unescape, NFC, whitespace runs);
+  3. http(s) URL with a host, caption length in chars and words within bounds; 4. every query q with
+  `spacing(q)` a substring of `spacing(caption)` (whole tokens, case-sensitive, `pipeline.common.text`: what
+  stage 1 counted with), one Aho-Corasick pass; 5. language ID (fastText lid.176, `lid.py`) on matched rows
+  only; 6. of the rows with one URL, the smallest uid is kept (MetaCLIP de-duplicates its pool by URL).
+Run: python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --caption-col TEXT \\
+         --queries queries/enwiki/queries.tsv --out work/matched [Beam options]   (or `make match`)
+     CC3M's headerless TSV: `--pool-format tsv --no-header --url-col 1 --caption-col 0`. A bucket is
+     de-duplicated in one worker's memory: for big pools raise `--buckets` to ~one per million matched rows.
+Numbers (stage vs bare matching, matchers, LID backends): BENCHMARKS.md, "Stage 2: match".
 """
 
 from __future__ import annotations
@@ -129,11 +95,6 @@ def normalize_caption(text: str) -> str:
     return " ".join(text.split())
 
 
-def raw_row_reason(row: dict[str, Any]) -> str | None:
-    """Why a raw pool row cannot become a candidate at all, or None."""
-    return row.get("reason") or raw_values_reason(row["url"], row["caption"])
-
-
 def raw_values_reason(url: Any, caption: Any) -> str | None:
     """Why a parsed row's url and caption cannot become a candidate at all, or None."""
     if url is None or url == "":
@@ -147,16 +108,10 @@ def raw_values_reason(url: Any, caption: Any) -> str | None:
     return None
 
 
-# scheme, then a host that starts with no path/query/fragment character and holds no whitespace
+# What img2dataset can fetch: scheme, then a host that starts with no path/query/fragment character, and no
+# whitespace anywhere. A regular expression rather than urllib's urlsplit: same verdicts on real URLs at ~1/10 of
+# the cost (urlsplit's cache is useless on a stream of distinct URLs), and this runs on every row of the pool.
 _HTTP_URL = re.compile(r"https?://[^/?#\s]+(?:[/?#]\S*)?\Z", re.IGNORECASE)
-
-
-def url_reason(url: str) -> str | None:
-    """None for an http(s) URL with a host and no whitespace (what img2dataset can fetch), else NOT_HTTP_URL.
-
-    A regular expression rather than urllib's urlsplit: same verdicts on real URLs at ~1/10 of the cost
-    (urlsplit's cache is useless on a stream of distinct URLs), and this runs on every row of the pool."""
-    return None if _HTTP_URL.match(url) else NOT_HTTP_URL
 
 
 def caption_reason(caption: str, min_chars: int, max_chars: int, min_words: int) -> str | None:
@@ -335,15 +290,6 @@ def query_strings(path: str) -> list[str]:
         return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 
-def candidate_record(row: dict[str, Any], matcher: QueryMatcher, min_chars: int, max_chars: int, min_words: int,
-                     keep_cols: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) or (None, reject reason) for one raw pool row: steps 1-4 of the recipe (`judge_batch` of
-    one row, without LID)."""
-    judged = judge_batch(pool.RowBatch.from_rows([row], keep_cols), matcher, None, (), min_chars, max_chars,
-                         min_words, keep_cols)
-    return (None, judged.rejected[0][1]) if judged.rejected else (judged.records()[0], None)
-
-
 @dataclasses.dataclass
 class JudgedBatch:
     """`judge_batch`'s verdicts on one RowBatch: the matched records by column (`carried_schema` order:
@@ -351,11 +297,6 @@ class JudgedBatch:
     and the rejected rows as (row index, reason)."""
     kept: dict[str, list[Any] | pa.Array]
     rejected: list[tuple[int, str]]
-
-    def records(self) -> list[dict[str, Any]]:
-        """The matched records as dicts (tests, small tools)."""
-        columns = [v.to_pylist() if isinstance(v, pa.Array) else v for v in self.kept.values()]
-        return [dict(zip(self.kept, values)) for values in zip(*columns)]
 
 
 def judge_batch(batch: pool.RowBatch, matcher: QueryMatcher, identify: lid.Identifier | None,
@@ -394,11 +335,6 @@ def _printable(value: Any) -> str | None:
     if value is None:
         return None
     return (value if isinstance(value, str) else repr(value))[:REJECTED_TEXT_CHARS]
-
-
-def rejected_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {"reason": reason, "source": row["source"], "url": _printable(row.get("url")),
-            "caption": _printable(row.get("caption"))}
 
 
 def keep_one_per_url(matched: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -586,6 +522,18 @@ class ReadCandidatePool(beam.PTransform):
                 | "ReadRows" >> beam.ParDo(ReadPoolRangeFn(self.spec, self.batch_rows)))
 
 
+# Why batches. The first design (one element per row, a GroupByKey per row on the URL, Beam's parquet writer) ran
+# at 0.29x the rate of its own per-row function (bench_match): Beam's per-element cost dominated. Now:
+#   - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges) so one huge file
+#     is read by many workers, in `pool.RowBatch`es of BATCH_ROWS rows (a list per column, never a dict per row);
+#   - checks 1-5 judge a whole batch per element (`judge_batch`): one loop for the cheap checks and spacing
+#     (`check_rows`, in C for ASCII rows), one Aho-Corasick call, one LID call over the matched captions, one
+#     call for the uids; reasons are counted per batch. The automaton is built once per worker in setup();
+#   - survivors and rejects are split by bucket (`beamio.buckets_of`: the URL for survivors, the source for
+#     rejects) into Arrow tables sent as IPC bytes (a pickled table costs ~0.3 ms, IPC ~0.05 ms);
+#   - one GroupByKey on the bucket (B keys, not one per row) brings all rows with one URL together; check 6
+#     runs inside the bucket with Arrow sorts, and every bucket is written, empty ones too, so the next stage
+#     always finds its files.
 class MatchCaptionsToQueries(beam.PTransform):
     """Batches of raw rows (`pool.RowBatch`es, or lists of row dicts) -> (bucket, kept table, rejected table) for
     every bucket 0..buckets-1: filters, matching, LID, then URL de-duplication inside each bucket."""
@@ -616,7 +564,7 @@ class MatchCaptionsToQueries(beam.PTransform):
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m pipeline.match", description=__doc__.split("\n")[0])
-    p.add_argument("--pool", action="append", required=True, help="pool file or glob (local or fsspec); repeatable")
+    p.add_argument("--pool", action="append", required=True, help="pool file, folder, glob or brace pattern (local or fsspec); repeatable")
     p.add_argument("--pool-format", default="auto", choices=("auto", *pool.FORMATS))
     p.add_argument("--url-col", default="url", help="URL column name (0-based position with --no-header)")
     p.add_argument("--caption-col", default="caption", help="caption column name (position with --no-header)")
