@@ -106,7 +106,8 @@ def download_window(out: Path) -> dict:
 def time_bare(input_path: Path, out: Path, argv: list[str]) -> dict:
     """Wall seconds, download window and successes of bare img2dataset with the settings our stage passes it."""
     args = shards.parse_args(argv)
-    settings = shards.download_settings(args, str(input_path), ["uid", "query_ids"], "incremental")
+    settings = shards.download_settings(shards.settings_of(args).download, str(input_path), ["uid", "query_ids"],
+                                        "incremental")
     start = time.perf_counter()
     shards.i2d_main.download(**settings)
     return {"wall_s": time.perf_counter() - start, **download_window(out)}

@@ -292,8 +292,8 @@ def reference_dedup(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: int, send_rows: int) -> tuple[list, list]:
     """The stage's DoFns by hand (no runner): batches -> JudgeBatchFn -> group by bucket -> KeepOnePerUrlFn."""
-    judge = match.JudgeBatchFn(queries_path, (), "fasttext", 0.0, (5, 100, 1), (), "pyahocorasick", buckets,
-                               send_rows=send_rows)
+    judge = match.JudgeBatchFn(match.MatchSettings(queries_path, (), "fasttext", 0.0, 5, 100, 1, (), "pyahocorasick",
+                                                   buckets), send_rows=send_rows)
     judge.setup()
     judge.start_bundle()
     grouped: dict[int, list] = {b: [None] for b in range(buckets)}  # None: the marker of an empty bucket
@@ -679,7 +679,7 @@ def test_match_captions_transform(tmp_path):
     (winner, loser) = sorted([0, 1], key=lambda i: uid_of(*pairs[i]))  # the smaller uid keeps the URL
     with TestPipeline(argv=FAST) as p:
         buckets = (p | beam.Create([rows[:1], rows[1:4], rows[4:]])  # batches; the two http://a/1 rows apart
-                   | match.MatchCaptionsToQueries(queries, languages=(), min_chars=5, buckets=3))
+                   | match.MatchCaptionsToQueries(match.MatchSettings(queries, languages=(), min_chars=5, buckets=3)))
         assert_that(buckets | "Buckets" >> beam.Map(lambda b: b[0]), equal_to([0, 1, 2]), label="CheckBuckets")
         assert_that(buckets | "Pairs" >> beam.FlatMap(
                         lambda b: [(r["uid"], r["caption"], r["query_ids"]) for r in b[1].to_pylist()]),

@@ -432,17 +432,45 @@ class BucketParts:
                 for bucket in sorted(matched.keys() | rejected.keys())]
 
 
+@dataclasses.dataclass(frozen=True)
+class MatchSettings:
+    """How captions are judged and matched: the stage's flags once parsed, handed to the transform and its DoFn."""
+    queries: str                                    # path of the queries.tsv (each worker reads it in setup)
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES  # () = no language filter
+    lid_backend: str = lid.DEFAULT_LID_BACKEND
+    lid_min_confidence: float = lid.DEFAULT_MIN_CONFIDENCE
+    min_chars: int = MIN_CAPTION_CHARS
+    max_chars: int = MAX_CAPTION_CHARS
+    min_words: int = MIN_WORDS
+    keep_cols: tuple[str, ...] = ()
+    matcher: str = DEFAULT_MATCHER
+    buckets: int = BUCKETS
+
+    def __post_init__(self):
+        if not 0 <= self.min_chars <= self.max_chars:
+            raise ValueError("need 0 <= --min-caption-chars <= --max-caption-chars")
+        if self.min_words < 0:
+            raise ValueError("--min-words must be >= 0")
+        if not 0.0 <= self.lid_min_confidence <= 1.0:
+            raise ValueError("--lid-min-confidence must be in [0, 1]")
+        if self.buckets < 1:
+            raise ValueError(f"--buckets must be >= 1, got {self.buckets}")
+
+    @property
+    def bounds(self) -> tuple[int, int, int]:
+        return self.min_chars, self.max_chars, self.min_words
+
+
 class JudgeBatchFn(beam.DoFn):
     """RowBatches -> (bucket, (matched, rejected) IPC tables) per bucket, every SEND_ROWS rows and at the end of
     the bundle: steps 1-5 in one DoFn, a batch per call (Beam's per-element cost is paid per batch, not per row),
     the rejections counted per batch and reason (a counter update per row would cost more than the check)."""
 
-    def __init__(self, query_path: str, languages: tuple[str, ...], lid_backend: str, lid_min_confidence: float,
-                 bounds: tuple[int, int, int], keep_cols: tuple[str, ...], matcher: str, buckets: int,
-                 send_rows: int = SEND_ROWS):
-        self.query_path, self.languages, self.matcher_backend = query_path, languages, matcher
-        self.lid_backend, self.lid_min_confidence = lid_backend, lid_min_confidence
-        self.bounds, self.keep_cols, self.buckets, self.send_rows = bounds, keep_cols, buckets, send_rows
+    def __init__(self, settings: MatchSettings, send_rows: int = SEND_ROWS):
+        self.query_path, self.languages, self.matcher_backend = settings.queries, settings.languages, settings.matcher
+        self.lid_backend, self.lid_min_confidence = settings.lid_backend, settings.lid_min_confidence
+        self.bounds, self.keep_cols, self.buckets = settings.bounds, settings.keep_cols, settings.buckets
+        self.send_rows = send_rows
         self._rejected: dict[str, Any] = {}
 
     def setup(self):
@@ -538,17 +566,10 @@ class MatchCaptionsToQueries(beam.PTransform):
     """Batches of raw rows (`pool.RowBatch`es, or lists of row dicts) -> (bucket, kept table, rejected table) for
     every bucket 0..buckets-1: filters, matching, LID, then URL de-duplication inside each bucket."""
 
-    def __init__(self, query_path: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES,
-                 lid_backend: str = lid.DEFAULT_LID_BACKEND, min_chars: int = MIN_CAPTION_CHARS,
-                 max_chars: int = MAX_CAPTION_CHARS, min_words: int = MIN_WORDS, keep_cols: tuple[str, ...] = (),
-                 matcher: str = DEFAULT_MATCHER, buckets: int = BUCKETS,
-                 lid_min_confidence: float = lid.DEFAULT_MIN_CONFIDENCE):
+    def __init__(self, settings: MatchSettings):
         super().__init__()
-        if buckets < 1:
-            raise ValueError(f"buckets must be >= 1, got {buckets}")
-        self.buckets, self.keep_cols = buckets, tuple(keep_cols)
-        self.judge_fn = JudgeBatchFn(query_path, tuple(languages), lid_backend, lid_min_confidence,
-                                     (min_chars, max_chars, min_words), tuple(keep_cols), matcher, buckets)
+        self.buckets, self.keep_cols = settings.buckets, settings.keep_cols
+        self.judge_fn = JudgeBatchFn(settings)
 
     def expand(self, row_batches):
         judged = row_batches | "JudgeBatches" >> beam.ParDo(self.judge_fn)
@@ -589,28 +610,26 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(argv)
 
 
-def check_settings(args: argparse.Namespace) -> None:
-    if not 0 <= args.min_caption_chars <= args.max_caption_chars:
-        raise ValueError("need 0 <= --min-caption-chars <= --max-caption-chars")
-    if args.min_words < 0:
-        raise ValueError("--min-words must be >= 0")
-    if not args.no_language_filter and not [c for c in args.languages.split(",") if c.strip()]:
+def settings_of(args: argparse.Namespace) -> MatchSettings:
+    """The parsed flags as MatchSettings; ValueError naming the flag when they cannot work together."""
+    languages = () if args.no_language_filter else tuple(c.strip() for c in args.languages.split(",") if c.strip())
+    if not args.no_language_filter and not languages:
         raise ValueError("--languages is empty: name languages or pass --no-language-filter")
-    if not 0.0 <= args.lid_min_confidence <= 1.0:
-        raise ValueError("--lid-min-confidence must be in [0, 1]")
     if args.buckets < 1 or args.split_bytes < 1:
         raise ValueError("--buckets and --split-bytes must be >= 1")
+    return MatchSettings(args.queries, languages, args.lid_backend, args.lid_min_confidence, args.min_caption_chars,
+                         args.max_caption_chars, args.min_words,
+                         tuple(c.strip() for c in args.keep_cols.split(",") if c.strip()), args.matcher, args.buckets)
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Run the stage; returns the manifest. Bad files or settings exit with one error line."""
     args, beam_args = parse_args(argv)
     started = time.monotonic()
-    keep_cols = tuple(c.strip() for c in args.keep_cols.split(",") if c.strip())
-    spec = pool.PoolSpec(args.pool_format, args.url_col, args.caption_col, not args.no_header, keep_cols)
-    languages = () if args.no_language_filter else tuple(c.strip() for c in args.languages.split(",") if c.strip())
     try:
-        check_settings(args)
+        settings = settings_of(args)
+        keep_cols, languages = settings.keep_cols, settings.languages
+        spec = pool.PoolSpec(args.pool_format, args.url_col, args.caption_col, not args.no_header, keep_cols)
         queries = load_query_list(args.queries)
         paths = files.expand(args.pool, tuple(pool.POOL_SUFFIXES))
         pool.check_pool_files(paths, spec)
@@ -628,9 +647,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         row_batches = p | "ReadPool" >> ReadCandidatePool(ranges, spec)
-        bucket_results = row_batches | "MatchCaptions" >> MatchCaptionsToQueries(
-            args.queries, languages, args.lid_backend, args.min_caption_chars, args.max_caption_chars,
-            args.min_words, keep_cols, args.matcher, args.buckets, args.lid_min_confidence)
+        bucket_results = row_batches | "MatchCaptions" >> MatchCaptionsToQueries(settings)
         _ = (bucket_results
              | "WriteBuckets" >> beam.ParDo(WriteBucketFn(out, args.buckets))
              | "CountPerQuery" >> beam.CombineGlobally(beamio.AddCountsFn())
@@ -638,9 +655,8 @@ def run(argv: list[str] | None = None) -> dict:
                  lambda counts: beamio.write_counts_tsv(f"{out}/query_counts.tsv", query_strings(args.queries),
                                                         {"count": counts})))
     counters = beamio.manifest_counters(read_counters(p.result, STAGE))
-    settings = dict(vars(args))
-    settings.update(languages=list(languages), keep_cols=list(keep_cols), beam_args=beam_args)
-    manifest = write_manifest(out, stage=STAGE, settings=settings, inputs=inputs, counters=counters,
+    manifest = write_manifest(out, stage=STAGE, settings=dict(vars(args), languages=list(languages),
+                                                              keep_cols=list(keep_cols), beam_args=beam_args), inputs=inputs, counters=counters,
                               wall_time_s=time.monotonic() - started,
                               extra={"pool_ranges": len(ranges), "outputs": {"matched": f"{out}/part-*.parquet",
                                                  "query_counts": f"{out}/query_counts.tsv",

@@ -33,6 +33,7 @@ Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import json
 import logging
@@ -62,6 +63,8 @@ MIN_PMI = 30.0
 MIN_BIGRAM_COUNT = 1          # MetaCLIP applies no count floor beyond its n-gram input file
 MIN_PAGEVIEWS = 70
 MAX_ENTRIES = 500_000         # CLIP paper: "a list of 500,000 queries"
+COUNT_BUCKETS = 16            # hash buckets the word counts are merged in
+MAX_KEYS_PER_WORKER = 4_000_000
 
 SOURCES = ("wordnet", "unigram", "bigram", "title")   # merge priority, MetaCLIP's order
 PRIORITY = {s: i for i, s in enumerate(SOURCES)}
@@ -407,9 +410,9 @@ def title_candidates(titles: list[str], buckets: int) -> Iterator[tuple[int, lis
 class SelectTitles(beam.PTransform):
     """Lists of article titles -> title candidate lists; with page views, only titles viewed >= min_views times."""
 
-    def __init__(self, pageviews: str | None, min_views: int, buckets: int):
+    def __init__(self, pageviews: tuple[str, ...], min_views: int, buckets: int):
         super().__init__()
-        self.pageviews, self.min_views, self.buckets = pageviews, min_views, buckets
+        self.pageviews, self.min_views, self.buckets = tuple(pageviews), min_views, buckets
 
     def expand(self, title_lists):
         buckets = self.buckets
@@ -418,7 +421,8 @@ class SelectTitles(beam.PTransform):
         min_views = self.min_views
         entries = title_lists | "TitleToEntry" >> beam.FlatMap(lambda ts: [e for t in ts if (e := title_to_entry(t))])
         views = (entries.pipeline
-                 | "ReadPageviews" >> beam.io.ReadFromText(self.pageviews)
+                 | "ListPageviewFiles" >> beam.Create(self.pageviews)
+                 | "ReadPageviews" >> beam.io.ReadAllFromText()
                  | "ParsePageviews" >> beam.FlatMap(_parse_pageviews_counted)
                  | "ViewsToEntry" >> beam.FlatMap(lambda tv: [(e, tv[1])] if (e := title_to_entry(tv[0])) else [])
                  | "SumViews" >> beam.CombinePerKey(sum))
@@ -507,6 +511,21 @@ class KeepTopRowsFn(beam.CombineFn):
         return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryListSettings:
+    """The stage's thresholds and sources, parsed once by `run` (input files already listed and checked)."""
+    out: str
+    min_unigram_count: int = MIN_UNIGRAM_COUNT
+    min_bigram_count: int = MIN_BIGRAM_COUNT
+    min_pmi: float = MIN_PMI
+    min_pageviews: int = MIN_PAGEVIEWS
+    max_entries: int = MAX_ENTRIES
+    count_buckets: int = COUNT_BUCKETS
+    max_keys_per_worker: int = MAX_KEYS_PER_WORKER
+    pageviews: tuple[str, ...] = ()       # page-view count files
+    wordnet_files: tuple[str, ...] = ()   # WordNet's data.* files
+
+
 class BuildQueryList(beam.PTransform):
     """The whole stage: splits (+ WordNet files, page views) -> the merged, ranked query list on disk.
 
@@ -515,12 +534,12 @@ class BuildQueryList(beam.PTransform):
     keeps the first max_entries of those.
     """
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, settings: QueryListSettings):
         super().__init__()
-        self.args = args
+        self.settings = settings
 
     def expand(self, splits):
-        a = self.args
+        a = self.settings
         counts = splits | "CountWikipediaWords" >> CountWikipediaWords(a.count_buckets, a.max_keys_per_worker)
         unigrams = counts["bucket_counts"] | "KeepFrequentWords" >> beam.FlatMap(
             unigram_candidates, a.min_unigram_count)
@@ -528,10 +547,9 @@ class BuildQueryList(beam.PTransform):
                    | "ScoreBigrams" >> ScoreBigrams(a.count_buckets, a.min_bigram_count, a.min_pmi))
         titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews, a.count_buckets)
         candidates = [unigrams, bigrams, titles]
-        if a.wordnet:
-            wordnet_files = [f"{a.wordnet.rstrip('/')}/{f}" for f in WORDNET_FILES]
+        if a.wordnet_files:
             candidates.append(splits.pipeline
-                              | "ListWordNetFiles" >> beam.Create(wordnet_files)
+                              | "ListWordNetFiles" >> beam.Create(a.wordnet_files)
                               | "WordNetCandidates" >> beam.FlatMap(wordnet_candidates, a.count_buckets))
         # The token total is one element in every run: an empty candidate list keyed on it makes sure the
         # list is written even when no source has a candidate. (CombineGlobally's own default would pass
@@ -564,8 +582,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-entries", type=int, default=MAX_ENTRIES)
     p.add_argument("--split-mb", type=int, default=wikidump.DEFAULT_SPLIT_BYTES >> 20,
                    help="compressed MB of bz2 streams per work item for multistream dumps")
-    p.add_argument("--count-buckets", type=int, default=16, help="hash buckets the word counts are merged in")
-    p.add_argument("--max-keys-per-worker", type=int, default=4_000_000,
+    p.add_argument("--count-buckets", type=int, default=COUNT_BUCKETS, help="hash buckets the word counts are merged in")
+    p.add_argument("--max-keys-per-worker", type=int, default=MAX_KEYS_PER_WORKER,
                    help="flush a split's partial counts beyond this many distinct bigrams (memory bound)")
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 of inputs in the manifest")
     args, beam_args = p.parse_known_args(argv)
@@ -592,15 +610,17 @@ def run(argv: list[str] | None = None) -> dict:
         for path in dumps:
             wikidump.check_dump(path)
         splits = [s for path in dumps for s in wikidump.plan_splits(path, args.split_mb << 20)]
-        extra_inputs = _check_wordnet(args.wordnet) if args.wordnet else []
-        if args.pageviews:
-            extra_inputs += files.expand(args.pageviews)
+        wordnet_files = _check_wordnet(args.wordnet) if args.wordnet else []
+        pageview_files = files.expand(args.pageviews) if args.pageviews else []
     except (wikidump.InputError, files.NoFilesError) as e:
         raise SystemExit(f"queries: {e}") from None
     files.makedirs(args.out)
+    settings = QueryListSettings(
+        args.out, args.min_unigram_count, args.min_bigram_count, args.min_pmi, args.min_pageviews, args.max_entries,
+        args.count_buckets, args.max_keys_per_worker, tuple(pageview_files), tuple(wordnet_files))
 
     with beam.Pipeline(options=beamrun.pipeline_options(beam_args)) as p:
-        _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(args)
+        _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(settings)
     result = p.result
     counters = beamrun.read_counters(result, NS)
 
@@ -609,7 +629,7 @@ def run(argv: list[str] | None = None) -> dict:
     page_counters = beamio.manifest_counters(counters)
     settings = {k: v for k, v in vars(args).items() if k not in ("dump",)}
     settings["beam_args"] = beam_args
-    inputs = [manifest.file_info(x, checksum=not args.no_checksums) for x in dumps + extra_inputs]
+    inputs = [manifest.file_info(x, checksum=not args.no_checksums) for x in dumps + wordnet_files + pageview_files]
     return manifest.write_manifest(
         args.out, stage="queries", settings=settings, inputs=inputs, counters=page_counters,
         wall_time_s=time.time() - started,

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -129,20 +130,66 @@ def guarded_downloads(policy: FetchPolicy) -> Iterator[None]:
         i2d_main.Downloader = original
 
 
-def download_settings(args: argparse.Namespace, url_list: str, extra_columns: list[str], mode: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    """What img2dataset is asked to do: the stage's flags about images, workers and politeness."""
+    out: str
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_quality: int = 95
+    min_image_size: int = 64
+    max_aspect_ratio: float = 3.0
+    max_pixels: int = FetchPolicy.max_pixels
+    timeout: int = 10
+    retries: int = 0
+    samples_per_shard: int = 10_000
+    processes: int = 1
+    threads: int = 32
+    distributor: str = "multiprocessing"
+    user_agent_token: str = "witbuild"
+    disallowed_header_directives: str = DISALLOWED_HEADER_DIRECTIVES
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardsSettings:
+    """The stage's flags, parsed once by `run`; each helper gets the part it needs."""
+    input: str | None
+    queries: str | None
+    allow_loopback: bool
+    max_bytes: int
+    retry_failed: bool
+    download: DownloadSettings
+
+    @property
+    def out(self) -> str:
+        return self.download.out
+
+    def policy(self) -> FetchPolicy:
+        """The fetch policy of every request and redirect (netguard)."""
+        return FetchPolicy(allow_loopback=self.allow_loopback, max_bytes=self.max_bytes,
+                           max_pixels=self.download.max_pixels, body_timeout=3.0 * self.download.timeout)
+
+
+def settings_of(args: argparse.Namespace) -> ShardsSettings:
+    download = DownloadSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DownloadSettings)})
+    return ShardsSettings(args.input, args.queries, args.allow_loopback, args.max_bytes, args.retry_failed, download)
+
+
+def download_settings(d: DownloadSettings, url_list: str, extra_columns: list[str], mode: str) -> dict:
     """Keyword arguments of img2dataset.download for this run (the bench passes the same to bare img2dataset)."""
     return {
-        "url_list": url_list, "output_folder": args.out, "input_format": "parquet", "url_col": "url",
+        "url_list": url_list, "output_folder": d.out, "input_format": "parquet", "url_col": "url",
         "caption_col": "caption", "save_additional_columns": extra_columns, "output_format": "webdataset",
-        "encode_format": "jpg", "image_size": args.image_size, "resize_mode": args.resize_mode,
-        "resize_only_if_bigger": args.resize_only_if_bigger, "encode_quality": args.encode_quality,
-        "min_image_size": args.min_image_size, "max_image_area": args.max_pixels,
-        "max_aspect_ratio": args.max_aspect_ratio, "processes_count": args.processes, "thread_count": args.threads,
-        "number_sample_per_shard": args.samples_per_shard, "timeout": args.timeout, "retries": args.retries,
-        "distributor": args.distributor, "incremental_mode": mode, "oom_shard_count": OOM_SHARD_COUNT,
+        "encode_format": "jpg", "image_size": d.image_size, "resize_mode": d.resize_mode,
+        "resize_only_if_bigger": d.resize_only_if_bigger, "encode_quality": d.encode_quality,
+        "min_image_size": d.min_image_size, "max_image_area": d.max_pixels,
+        "max_aspect_ratio": d.max_aspect_ratio, "processes_count": d.processes, "thread_count": d.threads,
+        "number_sample_per_shard": d.samples_per_shard, "timeout": d.timeout, "retries": d.retries,
+        "distributor": d.distributor, "incremental_mode": mode, "oom_shard_count": OOM_SHARD_COUNT,
         "compute_hash": "sha256", "extract_exif": False, "enable_wandb": False,
-        "user_agent_token": args.user_agent_token,
-        "disallowed_header_directives": [d for d in args.disallowed_header_directives.split(",") if d],
+        "user_agent_token": d.user_agent_token,
+        "disallowed_header_directives": [x for x in d.disallowed_header_directives.split(",") if x],
     }
 
 
@@ -350,87 +397,86 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def policy_of(args: argparse.Namespace) -> FetchPolicy:
-    return FetchPolicy(allow_loopback=args.allow_loopback, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-                       body_timeout=3.0 * args.timeout)
-
-
-def run_main(args: argparse.Namespace) -> dict:
+def run_main(s: ShardsSettings) -> dict:
     """Prepare (or reuse) the input and download the shards not finished yet; return the prepared summary."""
     try:
-        inputs = [file_info(p) for p in expand(args.input, ".parquet")]
+        inputs = [file_info(p) for p in expand(s.input, ".parquet")]
     except NoFilesError as err:
         raise SystemExit(f"shards: {err}") from None
-    queries = file_info(args.queries) if args.queries else None
-    fingerprint = {"inputs": inputs, "queries": queries, "allow_loopback": args.allow_loopback,
-                   "samples_per_shard": args.samples_per_shard}
-    prepared = load_prepared(args.out)
+    queries = file_info(s.queries) if s.queries else None
+    fingerprint = {"inputs": inputs, "queries": queries, "allow_loopback": s.allow_loopback,
+                   "samples_per_shard": s.download.samples_per_shard}
+    prepared = load_prepared(s.out)
     if prepared is not None and prepared["fingerprint"] != fingerprint:
-        if any("stats" in f for f in shard_files(args.out).values()):
-            raise SystemExit(f"shards: {args.out} holds shards of other inputs or settings "
+        if any("stats" in f for f in shard_files(s.out).values()):
+            raise SystemExit(f"shards: {s.out} holds shards of other inputs or settings "
                              "(input files, --queries, --allow-loopback, --samples-per-shard); use a new --out")
         prepared = None
     if prepared is None:
         try:
-            names = load_query_list(args.queries) if args.queries else None
+            names = load_query_list(s.queries) if s.queries else None
         except QueryListError as err:
             raise SystemExit(f"shards: {err}") from None
-        prepared = prepare_input(inputs, args.out, names, args.allow_loopback, fingerprint)
+        prepared = prepare_input(inputs, s.out, names, s.allow_loopback, fingerprint)
     if sum(prepared["rows_per_file"]):
-        settings = download_settings(args, f"{args.out}/_input", prepared["extra_columns"], "incremental")
-        with guarded_downloads(policy_of(args)):
+        settings = download_settings(s.download, f"{s.out}/_input", prepared["extra_columns"], "incremental")
+        with guarded_downloads(s.policy()):
             i2d_main.download(**settings)
     return prepared
 
 
-def run_retry(args: argparse.Namespace, prepared: dict) -> None:
-    """One retry round: transient failures into new shards after the last one."""
+def run_retry(s: ShardsSettings, prepared: dict) -> None:
+    """One retry round: transient failures into new shards after the last one (s.download.samples_per_shard
+    is the first run's)."""
     sizes = shard_sizes(prepared["rows_per_file"], prepared["fingerprint"]["samples_per_shard"])
-    files = shard_files(args.out)
+    files = shard_files(s.out)
     if any("stats" not in files.get(sid, {}) for sid in range(len(sizes))):
-        raise SystemExit(f"shards: {args.out}: the first run is unfinished; rerun without --retry-failed first")
-    rows = retry_rows(args.out)
+        raise SystemExit(f"shards: {s.out}: the first run is unfinished; rerun without --retry-failed first")
+    rows = retry_rows(s.out)
     if rows is None:
         log.info("shards: no transient failures to retry")
         return
-    fs, root = fsspec.core.url_to_fs(args.out)
+    fs, root = fsspec.core.url_to_fs(s.out)
     fs.makedirs(f"{root}/_retry", exist_ok=True)
-    round_path = f"{args.out}/_retry/round-{len(find(f'{args.out}/_retry/round-*.parquet')) + 1:03d}.parquet"
+    round_path = f"{s.out}/_retry/round-{len(find(f'{s.out}/_retry/round-*.parquet')) + 1:03d}.parquet"
     with fsspec.open(round_path, "wb") as f:
         pq.write_table(rows, f)
     log.info("shards: retrying %d rows (%s)", rows.num_rows, round_path)
     extra = [c for c in ("uid", "query_ids", "query_names") if c in rows.column_names]
-    with guarded_downloads(policy_of(args)):
-        i2d_main.download(**download_settings(args, round_path, extra, "extend"))
+    with guarded_downloads(s.policy()):
+        i2d_main.download(**download_settings(s.download, round_path, extra, "extend"))
 
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    s = settings_of(args)
     start = time.monotonic()
-    fs, root = fsspec.core.url_to_fs(args.out)
+    fs, root = fsspec.core.url_to_fs(s.out)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")  # stale once a run starts; img2dataset would also misread it as shard stats
-    removed = remove_unfinished_shards(args.out)
+    removed = remove_unfinished_shards(s.out)
     if removed:
         log.info("shards: removed %d unfinished shard(s) %s; they are downloaded again", len(removed), removed[:10])
-    if args.retry_failed:
-        prepared = load_prepared(args.out)
+    if s.retry_failed:
+        prepared = load_prepared(s.out)
         if prepared is None:
-            raise SystemExit(f"shards: {args.out}: nothing to retry (no earlier run there)")
-        args.samples_per_shard = prepared["fingerprint"]["samples_per_shard"]
-        run_retry(args, prepared)
+            raise SystemExit(f"shards: {s.out}: nothing to retry (no earlier run there)")
+        # a retry round writes shards of the first run's size, whatever --samples-per-shard says now
+        s = dataclasses.replace(s, download=dataclasses.replace(
+            s.download, samples_per_shard=prepared["fingerprint"]["samples_per_shard"]))
+        run_retry(s, prepared)
     else:
-        prepared = run_main(args)
+        prepared = run_main(s)
     per_shard = prepared["fingerprint"]["samples_per_shard"]
-    counters = account(args.out, prepared, per_shard)
-    files = shard_files(args.out)
+    counters = account(s.out, prepared, per_shard)
+    files = shard_files(s.out)
     extra = {"shards": sum("tar" in f for f in files.values()),
              "main_shards": len(shard_sizes(prepared["rows_per_file"], per_shard))}
-    manifest = write_manifest(args.out, stage=STAGE, settings=vars(args),
+    manifest = write_manifest(s.out, stage=STAGE, settings=dict(vars(args), samples_per_shard=per_shard),
                               inputs=prepared["fingerprint"]["inputs"], counters=counters,
                               wall_time_s=time.monotonic() - start, extra=extra)
     log.info("shards: read %d, kept %d, rejected %s -> %s", counters["read"], counters["kept"],
-             counters["rejected"], args.out)
+             counters["rejected"], s.out)
     return manifest
 
 
