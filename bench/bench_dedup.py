@@ -51,7 +51,7 @@ from pipeline.dedup import embed, mih, phash
 from pipeline.dedup import stage as dedup
 from pipeline.common.logs import setup_logging
 
-log = logging.getLogger("bench_dedup")
+log = logging.getLogger("bench.bench_dedup")
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "data" / "sample" / "photos"

@@ -69,7 +69,7 @@ TARGET_AUTOMATON_MB = 300  # for 500k entries
 HEAD_HEAVY_T = 100  # a second balance run: most of the 600k replicated captions' pairs then hold only head entries
 OTHER_MATCHER = next(m for m in match.MATCHERS if m != match.DEFAULT_MATCHER)  # measured end to end too
 
-log = logging.getLogger("bench_match")
+log = logging.getLogger("bench.bench_match")
 
 
 def rss_mb() -> float:

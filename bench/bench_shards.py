@@ -46,7 +46,7 @@ from pipeline.common.logs import setup_logging
 
 TARGET = 0.9  # DESIGN.md: >= 0.9x bare img2dataset
 ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger("bench_shards")
+log = logging.getLogger("bench.bench_shards")
 
 
 def cifar_images(data: Path, limit: int) -> tuple[str, list[tuple[bytes, str]]]:

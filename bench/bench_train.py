@@ -58,7 +58,7 @@ TARGET_DATA_SHARE = 0.05         # DESIGN.md: data time < 5% of the step
 TARGET_LOADER_RATIO = 0.7        # DESIGN.md: loader per core >= 0.7x a bare PIL decode
 REFERENCE_A100 = 786             # open_clip ViT-B/32 on LAION-400M, samples/s per A100 (DESIGN.md)
 
-log = logging.getLogger("bench_train")
+log = logging.getLogger("bench.bench_train")
 
 
 def time_raw(urls: list[str], decode: bool) -> dict:

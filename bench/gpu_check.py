@@ -37,7 +37,7 @@ from pipeline.common.logs import setup_logging
 from train import train as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger("gpu_check")
+log = logging.getLogger("bench.gpu_check")
 
 # what each mode runs; the full plan is sized to finish in < 10 minutes on one H100/H200 (~5 expected)
 PLANS = {

@@ -41,7 +41,7 @@ from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 from train.train import load_checkpoint
 from pipeline.common.logs import setup_logging
 
-log = logging.getLogger("zeroshot")
+log = logging.getLogger("train.zeroshot")
 
 TEMPLATES = {
     "photo": ["a photo of a {}."],   # CLIP section 3.1.4
