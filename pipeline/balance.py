@@ -1,34 +1,17 @@
 """Stage 3, `balance`: cap the pairs per query so the head does not drown the tail (MetaCLIP balancing).
 
 In:  `<matched>/part-*.parquet` (`uid, url, caption, query_ids`) and `<matched>/query_counts.tsv` from `match`.
-Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input with
-     `--url_col url --caption_col caption --save_additional_columns '["uid","query_ids"]'`), sorted by uid,
-     about `--rows-per-file` rows each; `<out>/entry_counts.tsv` (`query_id, query, before, after`);
-     `<out>/stats.json`, `<out>/entry_counts.png`; `<out>/rejected/part-*.parquet` (`uid, reason`) for the
-     pairs balancing dropped (Beam's per-bundle layout: the same uids, not the same files); `<out>/manifest.json`.
-
-Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
-- `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
-  a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
-  probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
-  seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
-  keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
-  entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
-- `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
-  Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
-  pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
-  its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
-  contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
-  is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
-  entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
-  measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
-  Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
-  15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
-  most captions and their cap binds every pair they are in. Strict mode suits query lists without such
-  function words; metaclip mode is the published recipe and the default.
-
+Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input), sorted by uid,
+     about `--rows-per-file` rows each; `entry_counts.tsv` (`query_id, query, before, after`), `stats.json`,
+     `entry_counts.png`; `rejected/part-*.parquet` (`uid, reason`) for the dropped pairs; `manifest.json`.
+Recipe: `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t/c_e)
+     and a pair is kept iff some entry's seeded draw `unit_hash(seed, uid, e) < p_e` (tail pairs always). `strict`
+     (CLIP's "up to 20,000 pairs per query" read literally): no entry in more than t kept pairs. The counts c_e are
+     recounted from the matched pairs; the draws are hashes, so reruns and any worker count keep the same pairs.
+     Why, and what each mode costs: the comment above MODES.
 Run:  python -m pipeline.balance --matched work/matched --out work/balanced [--t 20000] [--seed 0]
           [--mode metaclip|strict] [--rows-per-file N] [Beam options]     (or `make balance T=20000`)
+Numbers (pairs/s, C draws vs Python): BENCHMARKS.md, "Stage 2: match" (balance rows).
 """
 
 from __future__ import annotations
@@ -56,6 +39,27 @@ from pipeline.common.logs import setup_logging
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
+
+# Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
+# - `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
+#   a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
+#   probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
+#   seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
+#   keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
+#   entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
+# - `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
+#   Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
+#   pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
+#   its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
+#   contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
+#   is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
+#   entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
+#   measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
+#   Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
+#   15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
+#   most captions and their cap binds every pair they are in. Strict mode suits query lists without such
+#   function words; metaclip mode is the published recipe and the default.
+
 MODES = ("metaclip", "strict")
 ROWS_PER_FILE = 1_000_000  # ~100 MB of zstd parquet per file: few files, each small enough for one worker
 BALANCED_OUT = "balanced_out"  # reject reason: the pair lost the balancing draw / was over a cap

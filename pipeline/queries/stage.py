@@ -15,19 +15,10 @@ Priority when merging into at most `--max-entries` (500,000): wordnet, unigram, 
 order); within a source by count (unigram), PMI (bigram), page views (title), then the query's code
 points, so the list is a total order and the file is byte-identical on any runner and worker count.
 
-Counting is pre-aggregated: each split (a file, or ~64 MB of bz2 streams) counts its pages into one
-`wikicore` SplitCounter (a C extension: markup stripping, tokenizing and counting in one call per page,
-with identical results to the Python reference in `wikitext`/`text`, see pipeline/queries/wikicore.py) and emits
-one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
-element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
-cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
-the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Titles travel as one list per split, WordNet as
-one element per file, and every source hands its candidates to the merge as (bucket of the query,
-[(query, candidate)]) lists: one GroupByKey merges each bucket's queries, one global combine keeps the
-first `--max-entries`. Measured: BENCHMARKS.md, "Stage 1".
-
 Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wordnet data/wordnet-3.0 \
         --out queries/enwiki [--runner=... any Beam options]
+How counting scales (pre-aggregation, buckets, the PMI join): the comment below the imports.
+Numbers: BENCHMARKS.md, "Stage 1".
 """
 
 from __future__ import annotations
@@ -53,6 +44,19 @@ from pipeline.common.beamio import add_counts, bucket_of  # bucket_of: stable ac
 from pipeline.common.records import QUERY_LIST_HEADER
 from pipeline.common.text import is_query_token, normalize_entry
 from pipeline.common.logs import setup_logging
+
+# How counting scales
+#
+# Counting is pre-aggregated: each split (a file, or ~64 MB of bz2 streams) counts its pages into one
+# `wikicore` SplitCounter (a C extension: markup stripping, tokenizing and counting in one call per page,
+# with identical results to the Python reference in `wikitext`/`text`, see pipeline/queries/wikicore.py) and emits
+# one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
+# element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
+# cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
+# the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Titles travel as one list per split, WordNet as
+# one element per file, and every source hands its candidates to the merge as (bucket of the query,
+# [(query, candidate)]) lists: one GroupByKey merges each bucket's queries, one global combine keeps the
+# first `--max-entries`. Measured: BENCHMARKS.md, "Stage 1".
 
 log = logging.getLogger(__name__)
 NS = "queries"  # Beam counter namespace

@@ -11,35 +11,8 @@ Out: `<out>/{00000..}.tar` in img2dataset's layout, one sample per downloaded im
      counters account for every input row: kept (downloaded) or rejected by reason (`failure_reason`).
 Run: `python -m pipeline.shards --input 'work/balanced/*.parquet' --out shards/NAME [--queries Q.tsv]`
      (`make shards`); rerun the same command to resume; add `--retry-failed` to retry transient failures.
-
-Decisions
-- img2dataset's own `download()` does the work (reader, multiprocessing/pyspark/ray distributors,
-  incremental resume). Two of its pieces are swapped for ours by substituting its `Downloader` with
-  `GuardedDownloader`, a subclass that (1) writes samples under `uid` instead of img2dataset's shard-index key
-  (1.47 has no key option), and (2) installs the `pipeline.shards.netguard` opener in each worker process
-  before fetching, so address, scheme, body-size and decompression-bomb checks apply to every request and
-  redirect. Rows whose URL can be refused without a look-up (scheme, IP literal) never reach img2dataset.
-- Defaults for CLIP training: short side resized to 256 keeping the aspect ratio (`keep_ratio`), never
-  upscaled: CLIP trains at 224 and a 256 short side leaves room for random-resized crops (the OpenAI and
-  open_clip recipes resize then crop) at a quarter of the pixels of 512. Minimum short side 64 px
-  (icons and tracking pixels carry no content at 224), aspect ratio at most 3 (DataComp's basic filter),
-  JPEG quality 95 (img2dataset's default), timeout 10 s, no in-run retries (use `--retry-failed`, which
-  retries only transient failures), `X-Robots-Tag` noai/noimageai/noindex/noimageindex honoured, user agent
-  token `witbuild`, one process per core with 32 threads each (downloads wait on the network, not the CPU).
-- Resume: img2dataset's incremental mode skips shards whose `_stats.json` exists; the prepared input is
-  reused only if the inputs and the refusal settings are unchanged (else a clear error), so shard ids
-  keep pointing at the same rows and the counters, recomputed from the per-shard parquets, stay right.
-  Shards cut off mid-write (a tar without `_stats.json`) are deleted and redone. `manifest.json` is removed
-  when a run starts and written when it ends: img2dataset reads every `*.json` in the folder as shard stats.
-- `--retry-failed` takes the rows whose latest attempt failed with a transient reason (`TRANSIENT_REASONS`,
-  5xx, 408, 429), writes them to `_retry/round-K.parquet` and downloads them into new shards after the
-  last one (img2dataset's `extend` mode). An interrupted retry round is not resumed as such: rerunning
-  `--retry-failed` starts a new round from the rows still failing (shards of the broken round are removed).
-- Distributed: `--distributor pyspark` runs on the active Spark session (or a local one), `ray` on a Ray
-  cluster; workers need this package installed, since they unpickle `GuardedDownloader` from it.
-- Limits: `uid`s are taken as unique (the `match` stage keys pairs by them); a repeated uid would give two
-  samples with one key. The guard's opener is installed process-wide in each download worker. The retry
-  bookkeeping holds one entry per retried row in memory (transient failures only, a few % of a pool).
+Decisions (img2dataset integration, defaults, resume, retries, limits): the comment below the imports.
+Numbers: BENCHMARKS.md, "Download to shards".
 """
 
 from __future__ import annotations
@@ -79,6 +52,35 @@ import img2dataset  # noqa: F401
 from img2dataset.downloader import Downloader
 from img2dataset.writer import WebDatasetSampleWriter
 from pipeline.common.logs import setup_logging
+
+# Decisions
+# - img2dataset's own `download()` does the work (reader, multiprocessing/pyspark/ray distributors,
+#   incremental resume). Two of its pieces are swapped for ours by substituting its `Downloader` with
+#   `GuardedDownloader`, a subclass that (1) writes samples under `uid` instead of img2dataset's shard-index key
+#   (1.47 has no key option), and (2) installs the `pipeline.shards.netguard` opener in each worker process
+#   before fetching, so address, scheme, body-size and decompression-bomb checks apply to every request and
+#   redirect. Rows whose URL can be refused without a look-up (scheme, IP literal) never reach img2dataset.
+# - Defaults for CLIP training: short side resized to 256 keeping the aspect ratio (`keep_ratio`), never
+#   upscaled: CLIP trains at 224 and a 256 short side leaves room for random-resized crops (the OpenAI and
+#   open_clip recipes resize then crop) at a quarter of the pixels of 512. Minimum short side 64 px
+#   (icons and tracking pixels carry no content at 224), aspect ratio at most 3 (DataComp's basic filter),
+#   JPEG quality 95 (img2dataset's default), timeout 10 s, no in-run retries (use `--retry-failed`, which
+#   retries only transient failures), `X-Robots-Tag` noai/noimageai/noindex/noimageindex honoured, user agent
+#   token `witbuild`, one process per core with 32 threads each (downloads wait on the network, not the CPU).
+# - Resume: img2dataset's incremental mode skips shards whose `_stats.json` exists; the prepared input is
+#   reused only if the inputs and the refusal settings are unchanged (else a clear error), so shard ids
+#   keep pointing at the same rows and the counters, recomputed from the per-shard parquets, stay right.
+#   Shards cut off mid-write (a tar without `_stats.json`) are deleted and redone. `manifest.json` is removed
+#   when a run starts and written when it ends: img2dataset reads every `*.json` in the folder as shard stats.
+# - `--retry-failed` takes the rows whose latest attempt failed with a transient reason (`TRANSIENT_REASONS`,
+#   5xx, 408, 429), writes them to `_retry/round-K.parquet` and downloads them into new shards after the
+#   last one (img2dataset's `extend` mode). An interrupted retry round is not resumed as such: rerunning
+#   `--retry-failed` starts a new round from the rows still failing (shards of the broken round are removed).
+# - Distributed: `--distributor pyspark` runs on the active Spark session (or a local one), `ray` on a Ray
+#   cluster; workers need this package installed, since they unpickle `GuardedDownloader` from it.
+# - Limits: `uid`s are taken as unique (the `match` stage keys pairs by them); a repeated uid would give two
+#   samples with one key. The guard's opener is installed process-wide in each download worker. The retry
+#   bookkeeping holds one entry per retried row in memory (transient failures only, a few % of a pool).
 
 # The module, not the package attribute: img2dataset/__init__.py rebinds `img2dataset.main` to a function.
 i2d_main = importlib.import_module("img2dataset.main")
