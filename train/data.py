@@ -13,35 +13,8 @@ The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
   tar to samples -> shuffle buffer -> decode + random resized crop into the batch's block + tokenize.
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
-
-Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
-worker, then dealt out by rank and by worker, so each sample is read exactly once per epoch (tested).
-Ranks can hold different numbers of samples; train.py ends the epoch for all ranks as soon as one runs
-out (one tiny all-reduce per step), so no rank waits forever in a collective. Resampled mode (for many
-nodes, or fewer shards than ranks x workers): each worker draws shards with replacement from its own
-seeded stream, and every worker yields the same number of batches per epoch (`with_epoch`), so all ranks
-take the same number of steps.
-
-Determinism: every random choice (shard order, shuffle buffer, crops) comes from a `random.Random`
-seeded by (seed, epoch, rank, worker), so a resumed run can replay an epoch's batch order exactly.
-
-Corrupt data (truncated tars, missing files, undecodable images, captions that are not UTF-8) is
-skipped and counted per reason with `on_error="skip"`, and raised with `on_error="raise"` (tests).
-
-Augmentation is CLIP's only one: "a random square crop from resized images" (Radford et al. 2021,
-section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's training defaults
-(`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
-install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
-simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
-uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
-
-Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
-BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
-both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
-faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
-tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
-PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
-not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
+Epochs, determinism, corrupt data, augmentation and where a sample's time goes: the comment below the imports.
+Numbers: BENCHMARKS.md, "Training".
 """
 
 from __future__ import annotations
@@ -67,6 +40,37 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from pipeline.common.images import DECODE_ERRORS, image_member, open_rgb
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
+
+# Epochs, determinism, corrupt data, augmentation, time per sample
+#
+# Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
+# worker, then dealt out by rank and by worker, so each sample is read exactly once per epoch (tested).
+# Ranks can hold different numbers of samples; train.py ends the epoch for all ranks as soon as one runs
+# out (one tiny all-reduce per step), so no rank waits forever in a collective. Resampled mode (for many
+# nodes, or fewer shards than ranks x workers): each worker draws shards with replacement from its own
+# seeded stream, and every worker yields the same number of batches per epoch (`with_epoch`), so all ranks
+# take the same number of steps.
+#
+# Determinism: every random choice (shard order, shuffle buffer, crops) comes from a `random.Random`
+# seeded by (seed, epoch, rank, worker), so a resumed run can replay an epoch's batch order exactly.
+#
+# Corrupt data (truncated tars, missing files, undecodable images, captions that are not UTF-8) is
+# skipped and counted per reason with `on_error="skip"`, and raised with `on_error="raise"` (tests).
+#
+# Augmentation is CLIP's only one: "a random square crop from resized images" (Radford et al. 2021,
+# section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's training defaults
+# (`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
+# install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
+# simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
+# uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+#
+# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
+# BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
+# both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
+# faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
+# tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
+# PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
+# not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
 
 log = logging.getLogger(__name__)
 
