@@ -22,6 +22,7 @@ from train import train
 from demo.synthetic import write_shards
 
 BEAM = ["--runner=FnApiRunner"]
+pytestmark = pytest.mark.slow   # every test runs a stage end to end
 
 
 def specs(folder, glob: str, brace: str) -> list[tuple[str, str]]:
