@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         if args.shards:
-            shards, urls = args.shards, expand(args.shards, ".tar")
+            shards, urls = args.shards, expand(args.shards, ".tar", check_named=False)
         else:   # 256 px like img2dataset's default output; the GPU run resamples them for as many steps as asked
             shards, urls = generated_shards(Path(tmp) / "256", shards=40 if cuda else 8, per_shard=256 if cuda else 128,
                                             image_size=256)

@@ -118,3 +118,15 @@ def test_makedirs_exists_remove(local, memory):
         assert files.exists(f"{root}/00000.tar") and not files.exists(f"{root}/nope")
         files.remove(expand(f"{root}/0000[01].tar"))
         assert expand(root, ".tar") == [f"{root}/00002.tar"]
+
+
+def test_named_files_unchecked_for_the_trainer(local):
+    # The trainer skips and counts a shard it cannot read, so it takes named shards as written...
+    named = f"{local}/{{00000..00003}}.tar"
+    assert expand(named, ".tar", check_named=False) == [str(local / f"0000{i}.tar") for i in range(4)]
+    with pytest.raises(NoFilesError, match="00003.tar"):
+        expand(named, ".tar")
+    # ...but folders and globs are still listed, and one that names nothing is still an error.
+    assert expand(str(local), ".tar", check_named=False) == [str(local / f"0000{i}.tar") for i in range(3)]
+    with pytest.raises(NoFilesError, match="no file matches"):
+        expand(f"{local}/none-*.tar", ".tar", check_named=False)

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_args(argv)
     rank, world_size, device = setup_distributed(args.device)
     setup_logging(logging.INFO if rank == 0 else logging.WARNING)
-    out, urls = Path(args.out), expand(args.shards, ".tar")
+    out, urls = Path(args.out), expand(args.shards, ".tar", check_named=False)
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,

@@ -81,7 +81,7 @@ def pair_features(model: CLIP, tokenizer: ClipTokenizer, spec: str, limit: int, 
     """Image and text features of up to `limit` held-out pairs, in shard order; broken samples skipped."""
     skips = SkipCounter("skip")
     arrays, captions, image_features = [], [], []
-    for sample in tar_to_samples(({"url": u} for u in expand(spec, ".tar")), skips.handler):
+    for sample in tar_to_samples(({"url": u} for u in expand(spec, ".tar", check_named=False)), skips.handler):
         try:
             data, caption = sample_image_and_caption(sample)
             arrays.append(eval_transform(open_rgb(data, size), size))
