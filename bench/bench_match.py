@@ -58,6 +58,7 @@ from bench.report import child_cpu, machine, machine_line, update_section
 from pipeline import balance
 from pipeline.match import lid, pool
 from pipeline.match import stage as match
+from pipeline.common.logs import setup_logging
 from pipeline.common.text import normalize_entry, spacing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ TARGET_AUTOMATON_MB = 300  # for 500k entries
 HEAD_HEAVY_T = 100  # a second balance run: most of the 600k replicated captions' pairs then hold only head entries
 OTHER_MATCHER = next(m for m in match.MATCHERS if m != match.DEFAULT_MATCHER)  # measured end to end too
 
-log = logging.getLogger("bench_match")
+log = logging.getLogger("bench.bench_match")
 
 
 def rss_mb() -> float:
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "two CPU times, so the larger the difference, the less a disturbed second moves it")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "match.json"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     data = Path(args.data)
     load_at_start = os.getloadavg()
 

@@ -1,34 +1,17 @@
 """Stage 3, `balance`: cap the pairs per query so the head does not drown the tail (MetaCLIP balancing).
 
 In:  `<matched>/part-*.parquet` (`uid, url, caption, query_ids`) and `<matched>/query_counts.tsv` from `match`.
-Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input with
-     `--url_col url --caption_col caption --save_additional_columns '["uid","query_ids"]'`), sorted by uid,
-     about `--rows-per-file` rows each; `<out>/entry_counts.tsv` (`query_id, query, before, after`);
-     `<out>/stats.json`, `<out>/entry_counts.png`; `<out>/rejected/part-*.parquet` (`uid, reason`) for the
-     pairs balancing dropped (Beam's per-bundle layout: the same uids, not the same files); `<out>/manifest.json`.
-
-Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
-- `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
-  a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
-  probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
-  seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
-  keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
-  entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
-- `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
-  Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
-  pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
-  its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
-  contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
-  is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
-  entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
-  measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
-  Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
-  15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
-  most captions and their cap binds every pair they are in. Strict mode suits query lists without such
-  function words; metaclip mode is the published recipe and the default.
-
+Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input), sorted by uid,
+     about `--rows-per-file` rows each; `entry_counts.tsv` (`query_id, query, before, after`), `stats.json`,
+     `entry_counts.png`; `rejected/part-*.parquet` (`uid, reason`) for the dropped pairs; `manifest.json`.
+Recipe: `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t/c_e)
+     and a pair is kept iff some entry's seeded draw `unit_hash(seed, uid, e) < p_e` (tail pairs always). `strict`
+     (CLIP's "up to 20,000 pairs per query" read literally): no entry in more than t kept pairs. The counts c_e are
+     recounted from the matched pairs; the draws are hashes, so reruns and any worker count keep the same pairs.
+     Why, and what each mode costs: the comment above MODES.
 Run:  python -m pipeline.balance --matched work/matched --out work/balanced [--t 20000] [--seed 0]
           [--mode metaclip|strict] [--rows-per-file N] [Beam options]     (or `make balance T=20000`)
+Numbers (pairs/s, C draws vs Python): BENCHMARKS.md, "Stage 2: match" (balance rows).
 """
 
 from __future__ import annotations
@@ -48,13 +31,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import beamio
+from pipeline.common import beamio, files
 from pipeline.common.beamrun import counter, pipeline_options, read_counters
 from pipeline.common.manifest import write_json_atomic, write_manifest
 from pipeline.common.records import MATCHED_COLUMNS, text_lines
+from pipeline.common.logs import setup_logging
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
+
+# Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
+# - `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
+#   a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
+#   probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
+#   seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
+#   keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
+#   entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
+# - `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
+#   Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
+#   pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
+#   its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
+#   contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
+#   is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
+#   entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
+#   measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
+#   Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
+#   15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
+#   most captions and their cap binds every pair they are in. Strict mode suits query lists without such
+#   function words; metaclip mode is the published recipe and the default.
+
 MODES = ("metaclip", "strict")
 ROWS_PER_FILE = 1_000_000  # ~100 MB of zstd parquet per file: few files, each small enough for one worker
 BALANCED_OUT = "balanced_out"  # reject reason: the pair lost the balancing draw / was over a cap
@@ -141,36 +146,6 @@ def strict_keep(key: tuple, query_ids: Iterable[int], counts: dict[int, int], th
     return all(counts[qid] <= t or key <= thresholds[qid] for qid in query_ids)
 
 
-def strict_thresholds(pairs: Iterable[tuple[str, list[int]]], counts: dict[int, int], t: int,
-                      seed: int) -> dict[int, tuple]:
-    """The t-th smallest key of each head entry (reference implementation; Beam uses Top.SmallestPerKey)."""
-    keys: dict[int, list[tuple]] = {}
-    for uid, query_ids in pairs:
-        key = strict_key(uid, query_ids, counts, seed)
-        for qid in query_ids:
-            if counts[qid] > t:
-                keys.setdefault(qid, []).append(key)
-    return {qid: sorted(ks)[t - 1] for qid, ks in keys.items()}
-
-
-def count_entries(pairs: Iterable[tuple[str, list[int]]]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for _, query_ids in pairs:
-        for qid in query_ids:
-            counts[qid] = counts.get(qid, 0) + 1
-    return counts
-
-
-def select_pairs(pairs: list[tuple[str, list[int]]], t: int, seed: int, mode: str = "metaclip") -> set[str]:
-    """Kept uids of (uid, query_ids) pairs, in memory: the definition the Beam transform must agree with."""
-    counts = count_entries(pairs)
-    if mode == "metaclip":
-        return {uid for uid, qids in pairs if qids and metaclip_keep(uid, qids, counts, t, seed)}
-    thresholds = strict_thresholds(pairs, counts, t, seed)
-    return {uid for uid, qids in pairs
-            if qids and strict_keep(strict_key(uid, qids, counts, seed), qids, counts, thresholds, t)}
-
-
 def balance_stats(before: list[int], after: list[int], t: int) -> dict[str, Any]:
     """Head/tail statistics from per-entry match counts before and after balancing (index = query_id)."""
     head = [i for i, c in enumerate(before) if c > t]
@@ -246,30 +221,34 @@ class ReadMatchedFn(beam.DoFn):
                 yield pa.Table.from_batches([batch]).select(list(MATCHED_COLUMNS))
 
 
-_dense_cache: tuple = (None, None)  # (counts dict, its array): the side input is one object per bundle
-
-
 def dense_counts(counts: dict[int, int]) -> np.ndarray:
     """counts (non-negative ids) as an array indexed by query id, 0 where absent: one gather per table instead of
-    a dict lookup per entry. Cached for the last dict seen (a side input arrives once per bundle and the tables of
-    the bundle share it); the cache is one tuple, read and replaced whole, so threads cannot mix two dicts."""
-    global _dense_cache
-    cached = _dense_cache
-    if cached[0] is counts:
-        return cached[1]
+    a dict lookup per entry."""
     ids = np.fromiter(counts.keys(), np.int64, len(counts))
     values = np.fromiter(counts.values(), np.int64, len(counts))
     indexable = ids >= 0
     dense = np.zeros(int(ids[indexable].max()) + 1 if indexable.any() else 0, np.int64)
     dense[ids[indexable]] = values[indexable]
-    _dense_cache = (counts, dense)
     return dense
 
 
-def counts_of(ids: np.ndarray, counts: dict[int, int]) -> np.ndarray:
-    """counts[id] for each id (0 where absent): a gather from `dense_counts`, or dict lookups for ids an array
+class DenseCounts:
+    """`dense_counts` of the last counts dict seen. Each DoFn holds its own: the side input is one object per
+    bundle and the tables of the bundle share it, so it is built once per bundle, not once per table."""
+
+    def __init__(self):
+        self.source, self.dense = None, None
+
+    def __call__(self, counts: dict[int, int]) -> np.ndarray:
+        if self.source is not counts:
+            self.source, self.dense = counts, dense_counts(counts)
+        return self.dense
+
+
+def counts_of(ids: np.ndarray, counts: dict[int, int], dense_of: DenseCounts) -> np.ndarray:
+    """counts[id] for each id (0 where absent): a gather from the dense array, or dict lookups for ids an array
     cannot index (negative: a hand-made file)."""
-    dense = dense_counts(counts) if len(ids) and ids.min() >= 0 else None
+    dense = dense_of(counts) if len(ids) and ids.min() >= 0 else None
     if dense is not None and ids.max() < len(dense):
         return dense[ids]
     return np.fromiter(map(counts.get, ids.tolist(), itertools.repeat(0)), np.int64, len(ids))
@@ -279,7 +258,7 @@ class PairColumns:
     """The columns balancing reads from a table of pairs: per pair its entries (flat ids and their pair), the
     entries' counts, and whether the pair holds a tail (count <= t) or a head (count > t) entry."""
 
-    def __init__(self, table: pa.Table, counts: dict[int, int], t: int):
+    def __init__(self, table: pa.Table, counts: dict[int, int], t: int, dense_of: DenseCounts):
         ids = table.column("query_ids").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
         self.n = table.num_rows
         self.lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
@@ -289,7 +268,7 @@ class PairColumns:
         # a null id inside a list: the pair cannot be judged (match never writes one; a damaged file might)
         self.malformed = np.bincount(self.parent[flat.is_null().to_numpy(zero_copy_only=False)], minlength=self.n) > 0
         self.has_ids = (self.lengths > 0) & ~self.malformed
-        self.entry_counts = counts_of(self.flat, counts)
+        self.entry_counts = counts_of(self.flat, counts, dense_of)
         valid = self.has_ids[self.parent]
         if np.any(self.entry_counts[valid] <= 0):  # the counts come from these very tables: a bug, not bad input
             raise ValueError("balance: query ids missing from the per-entry counts")
@@ -319,11 +298,18 @@ class PairColumns:
         return zip(rows.tolist(), self.uids.take(index).to_pylist(), self.ids.take(index).to_pylist())
 
 
-def _head_entry_keys(table: pa.Table, counts: dict[int, int], t: int, seed: int):
-    cols = PairColumns(table, counts, t)
-    for _, uid, qids in cols.pairs(cols.has_head):
-        key = strict_key(uid, qids, counts, seed)
-        yield from ((qid, key) for qid in qids if counts[qid] > t)
+class HeadEntryKeysFn(beam.DoFn):
+    """Table of pairs -> (head entry id, the pair's strict key) for every head entry of every pair (strict mode)."""
+
+    def __init__(self, t: int, seed: int):
+        self.t, self.seed = t, seed
+        self.dense_of = DenseCounts()
+
+    def process(self, table: pa.Table, counts: dict[int, int]):
+        cols = PairColumns(table, counts, self.t, self.dense_of)
+        for _, uid, qids in cols.pairs(cols.has_head):
+            key = strict_key(uid, qids, counts, self.seed)
+            yield from ((qid, key) for qid in qids if counts[qid] > self.t)
 
 
 class DecideKeepFn(beam.DoFn):
@@ -336,10 +322,11 @@ class DecideKeepFn(beam.DoFn):
         self.rejected = {reason: counter(STAGE, f"rejected_{reason}")
                          for reason in (BALANCED_OUT, NO_QUERY_IDS, MALFORMED_QUERY_IDS)}
         self.expected = counter(STAGE, "expected_kept_millionths")
+        self.dense_of = DenseCounts()
 
     def process(self, table: pa.Table, counts: dict[int, int], thresholds: dict[int, tuple]):
         t, seed = self.t, self.seed
-        cols = PairColumns(table, counts, t)
+        cols = PairColumns(table, counts, t, self.dense_of)
         has_ids = cols.has_ids
         # metaclip: a tail entry keeps the pair (p = 1); strict: a pair without head entries passes every threshold
         keep = cols.has_tail & has_ids if self.mode == "metaclip" else ~cols.has_head & has_ids
@@ -387,8 +374,7 @@ class CapPairsPerQuery(beam.PTransform):
         counts_side = beam.pvalue.AsSingleton(counts)
         if self.mode == "strict":
             thresholds = (tables
-                          | "HeadEntryKeys" >> beam.FlatMap(_head_entry_keys, counts=counts_side, t=self.t,
-                                                            seed=self.seed)
+                          | "HeadEntryKeys" >> beam.ParDo(HeadEntryKeysFn(self.t, self.seed), counts=counts_side)
                           | "TopTPerEntry" >> beam.combiners.Top.SmallestPerKey(self.t)
                           | "Threshold" >> beam.Map(lambda kv: (kv[0], kv[1][-1]))
                           | "ToDict" >> beam.combiners.ToDict())
@@ -418,11 +404,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def matched_files(matched: str) -> tuple[list[str], str]:
     """(part files, path of query_counts.tsv) of a match output; ValueError if it is not one."""
-    fs, root = fsspec.core.url_to_fs(matched)
-    parts = sorted(fs.glob(f"{root}/part-*.parquet"))
-    if not parts:
+    paths = files.find(f"{matched.rstrip('/')}/part-*.parquet")
+    if not paths:
         raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
-    paths = [fs.unstrip_protocol(p) if "://" in matched else p for p in parts]
     beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
@@ -495,7 +479,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    beamio.configure_logging()
+    setup_logging()
     run(argv if argv is not None else sys.argv[1:])
 
 

@@ -182,6 +182,7 @@ def test_buckets_refuse_bad_input():
 def test_stage_functions_without_the_c_core(monkeypatch):
     # Where the extension is not built, judge_batch and the bucket parts run on the Python twins: same results.
     from pipeline.match import pool
+    from tests.test_match import records_of
     rows = [{"source": f"p:{i}", "url": url, "caption": caption} for i, (url, caption) in enumerate([
         ("http://a/1", "A dog, in New York."), (" http://a/2 ", "new\tyork  at night"), ("ftp://a/3", "a dog"),
         ("http://a/4", "Caf&eacute; in New York!"), ("http://a/5", "nothing here"), ("http://a/6", None)])]
@@ -192,7 +193,7 @@ def test_stage_functions_without_the_c_core(monkeypatch):
         judged = match.judge_batch(batch, matcher, None, (), 5, 2000, 1)
         parts = match.BucketParts((), 4)
         parts.add(judged, batch)
-        return judged.records(), judged.rejected, parts.send()
+        return records_of(judged), judged.rejected, parts.send()
 
     built = judged_and_parts()
     monkeypatch.setattr(match, "_matchcore", None)
