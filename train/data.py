@@ -11,7 +11,9 @@ worker queues and pinned memory, and the normalisation runs on the GPU.
 
 The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
-  tar to samples -> shuffle buffer -> decode + random resized crop -> batch + tokenize.
+  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop -> batch + tokenize.
+Excluded uids (`--exclude`: the `dedup` stage's decisions, eval-set near-duplicates) are dropped before the
+shuffle buffer, so they are never decoded, and counted per worker like the corrupt samples (`skipped["excluded"]`).
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
 
 Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
@@ -66,6 +68,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")          # img2dataset's output form
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
 # Exceptions a corrupt sample raises while decoding (PIL signals some broken headers with SyntaxError).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+EXCLUDED = "excluded"   # skip-count key of the samples dropped because their uid is excluded (--exclude)
 
 
 def seed_of(*parts) -> int:
@@ -150,6 +153,42 @@ def open_shards(shards, handler):
 def tar_to_samples(shards, handler):
     """Shard streams -> samples {"__key__", "jpg", "txt", ...}: webdataset's tar reader with our opener."""
     return group_by_keys(tar_file_expander(open_shards(shards, handler), handler=handler), handler=handler)
+
+
+def load_excluded(specs: list[str]) -> frozenset[str]:
+    """The uids of `dedup` decision files: each spec a parquet file with a `uid` column, or a folder (its
+    `decisions.parquet`, else every `*.parquet` in it). ValueError with one line on a missing or bad spec."""
+    import pyarrow.parquet as pq   # only runs that exclude need it
+    uids: set[str] = set()
+    for spec in specs:
+        path = Path(spec)
+        files = ([path / "decisions.parquet"] if (path / "decisions.parquet").is_file() else
+                 sorted(path.glob("*.parquet"))) if path.is_dir() else [path] if path.is_file() else []
+        if not files:
+            raise ValueError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)")
+        for file in files:
+            try:
+                uids.update(u for u in pq.read_table(file, columns=["uid"])["uid"].to_pylist() if u is not None)
+            except (OSError, KeyError, ValueError) as e:   # pyarrow: not parquet (OSError/ArrowInvalid), no uid column
+                raise ValueError(f"--exclude {file}: not a decisions file with a uid column ({e})") from None
+    return frozenset(uids)
+
+
+def sample_uid(sample: dict) -> str:
+    """A raw sample's uid as `dedup` records it: its json's `uid` (the `shards` stage writes it), else its key."""
+    try:
+        return str(json.loads(sample["json"])["uid"])
+    except (KeyError, TypeError, ValueError):
+        return sample["__key__"]
+
+
+def drop_excluded(samples, excluded: frozenset[str], skips: SkipCounter):
+    """Raw samples minus those whose uid is in `excluded`, each counted in `skips` as EXCLUDED."""
+    for sample in samples:
+        if excluded and sample_uid(sample) in excluded:
+            skips.counts[EXCLUDED] += 1
+            continue
+        yield sample
 
 
 def shuffle_samples(samples, bufsize: int, initial: int, seed: int, epoch: int):
@@ -270,8 +309,10 @@ def hand_over_last_skips(batches, skips: SkipCounter):
 
 
 def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
-                  partial_batches: bool = True, batches_per_worker: int = 0) -> wds.DataPipeline:
-    """One epoch of batches for this rank, as a WebDataset pipeline (iterate it, or wrap it in a DataLoader)."""
+                  partial_batches: bool = True, batches_per_worker: int = 0,
+                  exclude: frozenset[str] = frozenset()) -> wds.DataPipeline:
+    """One epoch of batches for this rank, as a WebDataset pipeline (iterate it, or wrap it in a DataLoader);
+    samples whose uid is in `exclude` are dropped and counted."""
     tokenizer = ClipTokenizer(cfg.merges or DEFAULT_MERGES, context_length)
     skips = SkipCounter(cfg.on_error)
     if cfg.resampled:
@@ -283,6 +324,7 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
     pipeline = wds.DataPipeline(
         *shards,
         partial(tar_to_samples, handler=skips.handler),
+        partial(drop_excluded, excluded=exclude, skips=skips),
         partial(shuffle_samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial, seed=seed, epoch=epoch),
         partial(decode_samples, image_size=image_size, crop_scale=cfg.crop_scale, seed=seed, epoch=epoch, skips=skips),
         wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer, skips), partial=partial_batches),
@@ -296,7 +338,7 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
 
 
 def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
-                world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+                world_size: int = 1, pin_memory: bool = False, exclude: frozenset[str] = frozenset()) -> DataLoader:
     """The training loader for one epoch.
 
     With more than one rank the last partial batch of each worker is dropped: the all-gather in the loss
@@ -313,7 +355,7 @@ def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: 
         log.warning("%d shards for %d ranks x %d workers: some workers get no shard (use more shards or "
                     "--resampled)", len(urls), world_size, max(1, cfg.workers))
     pipeline = make_pipeline(urls, cfg, image_size, context_length, seed=seed, epoch=epoch,
-                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker)
+                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker, exclude=exclude)
     # prefetch 2 batches per worker (torch's default): ViT-B/32 batches of 256 are 38 MB of uint8 in /dev/shm each
     return DataLoader(pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
                       prefetch_factor=2 if cfg.workers else None, persistent_workers=False)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
-from train.data import expand_shards, make_loader, to_model_input
+from train.data import expand_shards, load_excluded, make_loader, to_model_input
 from train.loss import clip_loss, gather_features
 from train.model import CLIP
 
@@ -118,7 +118,7 @@ def train_step(model, raw_model: CLIP, batch: dict, optimizer, scaler, lr: float
 # ---- data position, checkpoints, distributed ---------------------------------------------------------------
 
 def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tuple[int, int], world_size: int,
-                 pin_memory: bool):
+                 pin_memory: bool, exclude: frozenset[str] = frozenset()):
     """(epoch, batches done in epoch, batch), forever; resumes at `start` = (epoch, batches already done).
 
     Finite mode with several ranks: an epoch ends for everyone when the first rank runs out (a MIN
@@ -130,7 +130,7 @@ def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tup
     while True:
         done = 0
         for batch in make_loader(urls, cfg, model_cfg.vision.image_size, model_cfg.text.context_length,
-                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=pin_memory):
+                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=pin_memory, exclude=exclude):
             skipped.update(batch["skipped"])
             if not batch["keys"]:  # only counts (errors after a worker's last batch)
                 continue
@@ -212,6 +212,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_latest.pt if it exists")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DECISIONS",
+                        help="drop the uids of these dedup decisions (decisions.parquet files or dedup output folders)"
+                             " while streaming; counted as skipped 'excluded'")
     parser.add_argument("--stop-at", type=int, default=0,
                         help="checkpoint and exit at this step, schedule unchanged (time-limited jobs; resume later)")
     for flag, key in FLAG_TO_KEY.items():
@@ -234,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     out, urls = Path(args.out), expand_shards(args.shards)
+    try:
+        exclude = load_excluded(args.exclude)
+    except ValueError as e:
+        raise SystemExit(f"train: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,
@@ -243,9 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("%d shards, %.1fM parameters, %s on %s x %d, batch %d x %d", len(urls),
                  sum(p.numel() for p in raw_model.parameters()) / 1e6, precision, device.type, world_size,
                  cfg.data.batch_size, world_size)
+        if exclude:
+            log.info("excluding %d uids (%s)", len(exclude), ", ".join(args.exclude))
 
     amp = autocast_for(precision, device)
-    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type == "cuda")
+    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type == "cuda",
+                          exclude)
     bar = tqdm(total=cfg.optim.steps, initial=step, disable=rank != 0 or not sys.stderr.isatty(), unit="step")
     meter = Meter()
     last = min(cfg.optim.steps, args.stop_at or cfg.optim.steps)
