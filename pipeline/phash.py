@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -57,6 +56,7 @@ from tqdm import tqdm
 
 from pipeline import rawtar
 from pipeline.evalsets import EvalSet, eval_set_signature, iter_eval_images
+from pipeline.records import uid_of_sample
 
 try:  # optional fast JPEG path (see decode_jpeg_small); without it PIL's draft mode does the same, slower
     import simplejpeg
@@ -391,14 +391,6 @@ def hash_shard(path: str, draft: bool = True) -> tuple[pa.Table, str | None]:
         error = f"{type(e).__name__}: {e}"
         log.warning("%s: corrupt shard, kept the %d samples read before: %s", path, len(rows["key"]), error)
     return pa.table(rows, schema=SHARD_SCHEMA), error
-
-
-def uid_of_sample(key: str, sample: dict[str, bytes]) -> str:
-    """The sample's uid from its json (the `shards` stage writes it), else its key (= uid in our shards)."""
-    try:
-        return str(json.loads(sample["json"])["uid"]) if "json" in sample else key
-    except (ValueError, KeyError, TypeError):
-        return key
 
 
 def file_signature(path: str, *parts) -> str:

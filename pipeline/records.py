@@ -15,11 +15,14 @@ columns the user kept): the set of columns differs per pool, so a fixed dataclas
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Iterable
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import matchcore
 from pipeline.text import PUNCT_TO_WRAP, normalize_entry
@@ -32,6 +35,37 @@ def matched_schema(keep_cols: Iterable[str] = ()) -> pa.Schema:
     """Parquet schema of `match` output: `uid, url, caption, query_ids` plus kept source columns (strings)."""
     return pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                       ("query_ids", pa.list_(pa.int32())), *((col, pa.string()) for col in keep_cols)])
+
+
+def uid_of_sample(key: str, sample: dict[str, bytes]) -> str:
+    """A shard sample's uid: its json's `uid` (the `shards` stage writes it), else its key (= the uid in our shards).
+    `dedup` records it, the trainer and `stats` skip by it (`--exclude`)."""
+    try:
+        return str(json.loads(sample["json"])["uid"]) if "json" in sample else key
+    except (ValueError, KeyError, TypeError):
+        return key
+
+
+class DecisionsError(ValueError):
+    """An `--exclude` spec names no decisions file, or a file without a uid column."""
+
+
+def decision_uids(specs: Iterable[str]) -> frozenset[str]:
+    """The uids of `dedup` decision files: each spec a parquet file with a `uid` column, or a folder (its
+    `decisions.parquet`, else every `*.parquet` in it); DecisionsError with one line on a missing or bad spec."""
+    uids: set[str] = set()
+    for spec in specs:
+        path = Path(spec)
+        files = ([path / "decisions.parquet"] if (path / "decisions.parquet").is_file() else
+                 sorted(path.glob("*.parquet"))) if path.is_dir() else [path] if path.is_file() else []
+        if not files:
+            raise DecisionsError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)")
+        for file in files:
+            try:
+                uids.update(u for u in pq.read_table(file, columns=["uid"])["uid"].to_pylist() if u is not None)
+            except (OSError, KeyError, ValueError) as e:   # pyarrow: not parquet (OSError/ArrowInvalid), no uid column
+                raise DecisionsError(f"--exclude {file}: not a decisions file with a uid column ({e})") from None
+    return frozenset(uids)
 
 
 class QueryListError(ValueError):

@@ -161,14 +161,15 @@ def uids_by_key(shard_urls) -> dict[str, str]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_excluded_uids_are_never_yielded_and_are_counted(shards, tmp_path, workers):
-    from train.data import EXCLUDED, load_excluded
+    from pipeline.records import decision_uids
+    from train.data import EXCLUDED
     uids = uids_by_key(shards)                                   # the synthetic shards' uids are not their keys
     assert all(k != u for k, u in uids.items())
     dropped_keys = sorted(uids)[::4]                             # 15 of the 60 samples, from every shard
     (tmp_path / "run1").mkdir()
     write_decisions(tmp_path / "run1" / "decisions.parquet", [uids[k] for k in dropped_keys[:10]])
     second = write_decisions(tmp_path / "more.parquet", [uids[k] for k in dropped_keys[10:]] + ["not-in-the-shards"])
-    exclude = load_excluded([str(tmp_path / "run1"), second])   # a dedup output folder and a file
+    exclude = decision_uids([str(tmp_path / "run1"), second])   # a dedup output folder and a file
     assert len(exclude) == 16
     for epoch in (0, 1):
         batches = list(make_loader(shards, cfg(workers=workers), SIZE, CONTEXT, seed=0, epoch=epoch, exclude=exclude))
@@ -178,7 +179,7 @@ def test_excluded_uids_are_never_yielded_and_are_counted(shards, tmp_path, worke
 
 
 def test_exclude_of_nothing_usable_is_one_clear_error(tmp_path):
-    from train.data import load_excluded
+    from pipeline.records import DecisionsError, decision_uids
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     import pyarrow as pa
@@ -187,5 +188,5 @@ def test_exclude_of_nothing_usable_is_one_clear_error(tmp_path):
     for spec, message in [(tmp_path / "missing", "no decisions"), (tmp_path / "empty", "no decisions"),
                           (tmp_path / "bad.parquet", "not a decisions file"),
                           (tmp_path / "nouid.parquet", "not a decisions file")]:
-        with pytest.raises(ValueError, match=f"^--exclude .*{message}"):
-            load_excluded([str(spec)])
+        with pytest.raises(DecisionsError, match=f"^--exclude .*{message}"):
+            decision_uids([str(spec)])

@@ -57,6 +57,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.records import uid_of_sample
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 
@@ -155,37 +156,10 @@ def tar_to_samples(shards, handler):
     return group_by_keys(tar_file_expander(open_shards(shards, handler), handler=handler), handler=handler)
 
 
-def load_excluded(specs: list[str]) -> frozenset[str]:
-    """The uids of `dedup` decision files: each spec a parquet file with a `uid` column, or a folder (its
-    `decisions.parquet`, else every `*.parquet` in it). ValueError with one line on a missing or bad spec."""
-    import pyarrow.parquet as pq   # only runs that exclude need it
-    uids: set[str] = set()
-    for spec in specs:
-        path = Path(spec)
-        files = ([path / "decisions.parquet"] if (path / "decisions.parquet").is_file() else
-                 sorted(path.glob("*.parquet"))) if path.is_dir() else [path] if path.is_file() else []
-        if not files:
-            raise ValueError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)")
-        for file in files:
-            try:
-                uids.update(u for u in pq.read_table(file, columns=["uid"])["uid"].to_pylist() if u is not None)
-            except (OSError, KeyError, ValueError) as e:   # pyarrow: not parquet (OSError/ArrowInvalid), no uid column
-                raise ValueError(f"--exclude {file}: not a decisions file with a uid column ({e})") from None
-    return frozenset(uids)
-
-
-def sample_uid(sample: dict) -> str:
-    """A raw sample's uid as `dedup` records it: its json's `uid` (the `shards` stage writes it), else its key."""
-    try:
-        return str(json.loads(sample["json"])["uid"])
-    except (KeyError, TypeError, ValueError):
-        return sample["__key__"]
-
-
 def drop_excluded(samples, excluded: frozenset[str], skips: SkipCounter):
     """Raw samples minus those whose uid is in `excluded`, each counted in `skips` as EXCLUDED."""
     for sample in samples:
-        if excluded and sample_uid(sample) in excluded:
+        if excluded and uid_of_sample(sample["__key__"], sample) in excluded:
             skips.counts[EXCLUDED] += 1
             continue
         yield sample

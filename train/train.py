@@ -42,9 +42,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline.records import DecisionsError, decision_uids
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
-from train.data import expand_shards, load_excluded, make_loader, to_model_input
+from train.data import expand_shards, make_loader, to_model_input
 from train.loss import clip_loss, gather_features
 from train.model import CLIP
 
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     out, urls = Path(args.out), expand_shards(args.shards)
     try:
-        exclude = load_excluded(args.exclude)
-    except ValueError as e:
+        exclude = decision_uids(args.exclude)
+    except DecisionsError as e:
         raise SystemExit(f"train: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
