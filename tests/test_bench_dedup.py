@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bench import bench_dedup as b
-from pipeline import phash
+from pipeline.dedup import phash
 from tests.evalfixtures import jpeg_bytes, pattern_image
 
 NEVER = b.NEVER

@@ -16,7 +16,7 @@ from PIL import Image
 from train.config import DataCfg
 from train.data import (expand_shards, make_loader, make_pipeline, random_resized_crop_box, to_model_input,
                         count_samples)
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
 
 SIZE, CONTEXT = 16, 16
 
@@ -161,7 +161,7 @@ def uids_by_key(shard_urls) -> dict[str, str]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_excluded_uids_are_never_yielded_and_are_counted(shards, tmp_path, workers):
-    from pipeline.records import decision_uids
+    from pipeline.common.records import decision_uids
     from train.data import EXCLUDED
     uids = uids_by_key(shards)                                   # the synthetic shards' uids are not their keys
     assert all(k != u for k, u in uids.items())
@@ -179,7 +179,7 @@ def test_excluded_uids_are_never_yielded_and_are_counted(shards, tmp_path, worke
 
 
 def test_exclude_of_nothing_usable_is_one_clear_error(tmp_path):
-    from pipeline.records import DecisionsError, decision_uids
+    from pipeline.common.records import DecisionsError, decision_uids
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     import pyarrow as pa

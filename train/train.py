@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline.records import DecisionsError, decision_uids
+from pipeline.common.records import DecisionsError, decision_uids
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
 from train.data import expand_shards, make_loader, to_model_input
