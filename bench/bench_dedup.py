@@ -495,8 +495,8 @@ def full_decode_ours(data: bytes) -> int:
 
 
 def draft_ours(data: bytes) -> int:
-    """The stage's path for a shard image: reduced decode, pHash, frame-trimmed and centre pHashes."""
-    return phash.image_hashes(data, draft=True)[0]
+    """The stage's path for a shard image: reduced decode, pHash, frame-trimmed and centre pHashes (-> the pHash)."""
+    return phash.image_hashes(data, draft=True)[0][0]
 
 
 def draft_plain(data: bytes) -> int:
@@ -508,7 +508,7 @@ def draft_pil(data: bytes) -> int:
     """The stage's path with simplejpeg switched off: PIL draft mode."""
     fast, phash.simplejpeg = phash.simplejpeg, None
     try:
-        return phash.image_hashes(data, draft=True)[0]
+        return phash.image_hashes(data, draft=True)[0][0]
     finally:
         phash.simplejpeg = fast
 

@@ -402,8 +402,8 @@ def run(argv: list[str] | None = None) -> dict:
         eval_features = {s.name: embed.eval_features(s, encoder, cache) for s in eval_sets}
     eval_index = build_eval_index(eval_tables, max(args.thresholds.values(), default=0), eval_features,
                                   encoder.dim if encoder else 0)
-    log.info("indexed %d eval images from %d set(s)%s", eval_index.index.ntotal, len(eval_sets),
-             f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
+    log.info("indexed %d eval images from %d set(s) as %d hashes%s", len(eval_index.image_id), len(eval_sets),
+             eval_index.index.ntotal, f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
 
     decisions, dropped, shard_errors = [], [], {}
     rejected: collections.Counter = collections.Counter()
