@@ -132,7 +132,7 @@ shards/demo/manifest.json: $(DEMO)/balanced/manifest.json
 # MNIST digits (28 px, white on black) are so alike that pHash at the default 8 bits, calibrated on
 # CIFAR-10 photos, pairs ~1,500 distinct training digits with some eval digit; the planted copies are at
 # 0-2 bits, so the demo uses 2 (README, "dedup"). It searches the whole-image signals only: a mirrored, cropped or
-# turned 28 px digit is another digit's shape (all signals at 2 bits drop 293 digits instead of 99).
+# turned 28 px digit is another digit's shape (all signals at 2 bits drop 293 digits instead of 105).
 $(DEMO)/dedup/manifest.json: shards/demo/manifest.json
 	@echo "== 4. find near-duplicates of the held-out eval digits (threshold 2 bits for 28 px digits)"
 	$(PY) -m pipeline.dedup --shards shards/demo --eval mnist=$(DEMO)/world/eval/mnist --out $(DEMO)/dedup \
