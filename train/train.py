@@ -7,7 +7,7 @@ Out: `runs/NAME/`: `ckpt_latest.pt` (model, optimizer, scaler, step, data positi
 
 Recipe (CLIP, Radford et al. 2021, section 2.5 and Table 19; open_clip's defaults where the paper is
 silent): AdamW, no weight decay on gains, biases, embeddings and the temperature; linear warm-up then cosine
-decay (`lr_at`); global grad-norm clipping; bf16 autocast on GPU; the logit scale clamped at 100.
+decay (`lr_at`); global grad-norm clipping; bf16 autocast and fused AdamW on GPU; the logit scale clamped at 100.
 Multi-GPU / multi-node with `torchrun` (DDP; NCCL on GPU, gloo on CPU): the loss sees the features of
 every rank (train/loss.py), shards are split by node and by worker (train/data.py).
 
@@ -69,10 +69,13 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimCfg) -> torch.optim.AdamW:
+    """AdamW over two groups (decayed, not decayed); on CUDA the fused kernel: one launch per step for all
+    parameters instead of a few per tensor (ViT-B/32 has ~300 of them). The same update rule either way."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    fused = all(p.is_cuda for _, p in named) or None   # None: torch's default (foreach) elsewhere
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def autocast_for(precision: str, device: torch.device):
