@@ -684,7 +684,8 @@ def markdown(r: dict) -> str:
          "(held out) only reports. Precision = TP / (TP + FP) at a 50% duplicate rate (TP: a positive meeting its "
          "source; FP: a negative meeting any eval image, or a positive meeting only others)."), "",
         (f"**At the code's defaults ({fmt(cal['default_thresholds'])} bits), held-out half: pooled precision "
-         f"{d_h['pooled']['precision']:.3f}, recall {d_h['pooled']['recall']:.3f}, worst single edit {worst} "
+         f"{d_h['pooled']['precision']:.4f} ({d_h['pooled']['fp']} false positives), recall "
+         f"{d_h['pooled']['recall']:.3f}, worst single edit {worst} "
          f"{d_h['per_edit'][worst]['recall']:.3f}: target (precision >= {MIN_PRECISION}, recall >= {MIN_RECALL}, "
          f"every single edit >= {MIN_EDIT_RECALL}) {verdict(d_h)}.** Tuning half: "
          f"{pr_cell(d_t['pooled'])}, worst single edit {d_t['min_single_recall']:.3f} ({verdict(d_t)}). "
