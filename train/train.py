@@ -16,9 +16,11 @@ they load with `torch.load(weights_only=True)`. `--resume` continues from `ckpt_
 step, replaying the current epoch's loader up to the saved batch (the loader is deterministic), so a
 resumed run takes the same steps on the same batches as an uninterrupted one (tested). The replay costs
 the decode time of the batches skipped, at most one epoch: in resampled mode keep epochs to hours.
+`--init WEIGHTS` fine-tunes: a new run (step 0, fresh optimizer) starts from pretrained weights in any format
+train/weights.py reads (ours, open_clip's, OpenAI's), which must fit `--config`'s model.
 
 Run:  python -m train.train --shards 'shards/x/{00000..00009}.tar' --config train/configs/tiny.json \
-          --out runs/tiny [--steps N --batch-size B --lr LR --warmup W --workers N --resampled --resume
+          --out runs/tiny [--init WEIGHTS --steps N --batch-size B --lr LR --warmup W --workers N --resampled --resume
           --stop-at STEP --precision bf16 --compile --grad-checkpointing --set optim.weight_decay=0.1 ...]
       torchrun --nproc_per_node 8 -m train.train --shards ... --config train/configs/vit_b32.json --out runs/b32
 """
@@ -48,6 +50,7 @@ from train.config import DataCfg, OptimCfg, TrainConfig
 from train.data import expand_shards, make_loader, to_model_input
 from train.loss import clip_loss, gather_features
 from train.model import CLIP
+from train.weights import WeightsError, load_weights
 
 log = logging.getLogger("train")
 CKPT = "ckpt_latest.pt"
@@ -215,6 +218,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
     parser.add_argument("--config", required=True, help="train/configs/*.json")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_latest.pt if it exists")
+    parser.add_argument("--init", metavar="WEIGHTS",
+                        help="start (step 0) from these weights: ours, open_clip's or OpenAI's (fine-tuning); they "
+                             "must fit --config's model (a resumed run ignores this: its checkpoint wins)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DECISIONS",
                         help="drop the uids of these dedup decisions (decisions.parquet files or dedup output folders)"
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,
-                                                                device, precision)
+                                                                device, precision, args.init)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
         log.info("%d shards, %.1fM parameters, %s on %s x %d, batch %d x %d", len(urls),
@@ -301,9 +307,17 @@ def configure_device(device: torch.device, cfg: TrainConfig) -> str:
     return resolve_precision(cfg.run.precision, device)
 
 
-def build(cfg: TrainConfig, resume_from: Path | None, rank: int, world_size: int, device: torch.device, precision: str):
+def build(cfg: TrainConfig, resume_from: Path | None, rank: int, world_size: int, device: torch.device, precision: str,
+          init: str | None = None):
     """Model (DDP-wrapped and compiled as asked), optimizer, scaler, and the step and data position to start at."""
-    raw_model = CLIP(cfg.model).to(device)
+    raw_model = CLIP(cfg.model)
+    if init and not (resume_from is not None and (resume_from / CKPT).exists()):
+        try:
+            raw_model.load_state_dict(load_weights(init, cfg.model).state_dict)   # checked to fit: strict, whole
+        except WeightsError as e:
+            raise SystemExit(f"train: --init {e}") from None
+        log.info("initialised from %s", init)
+    raw_model = raw_model.to(device)
     raw_model.set_grad_checkpointing(cfg.run.grad_checkpointing)
     optimizer = make_optimizer(raw_model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -27,7 +27,8 @@ Search: exact, by multi-index hashing (`pipeline/dedup/mih.py`) over every varia
      before the damage and is listed under `shard_errors`; the run goes on.
 Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test [--eval ...] --out work/dedup \\
          [--threshold BITS] [--signals phash,flip,...] [--workers N] [--out-shards shards/NAME-dedup] \\
-         [--embed-checkpoint runs/NAME/ckpt_latest.pt [--embed-threshold COS] [--embed-device cpu|cuda]]
+         [--embed-checkpoint runs/NAME/ckpt_latest.pt [--embed-model NAME|JSON] [--embed-threshold COS] \\
+          [--embed-device cpu|cuda]]
 Numbers (thresholds, precision/recall per web edit on CIFAR-10, both halves; speed): BENCHMARKS.md, section dedup;
 the embedding threshold's calibration: `python -m bench.bench_dedup --data ../shared/data --embed-checkpoint PATH`.
 """
@@ -357,7 +358,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="decode JPEGs fully before hashing (~4x slower; the default decodes at 1/2-1/8 scale)")
     p.add_argument("--embed-checkpoint", metavar="PATH",
                    help="second signal: also drop samples whose image embedding (the image encoder of this "
-                        "train/train.py checkpoint) has cosine >= --embed-threshold with an eval image's (default: off)")
+                        "checkpoint: ours, open_clip's or OpenAI's) has cosine >= --embed-threshold with an eval "
+                        "image's (default: off)")
+    p.add_argument("--embed-model", metavar="NAME|JSON",
+                   help="architecture of an --embed-checkpoint that carries none (ViT-B-32, an open_clip config)")
     p.add_argument("--embed-threshold", type=float, default=DEFAULT_EMBED_THRESHOLD, metavar="COS",
                    help=f"min cosine similarity of an embedding near-duplicate (default {DEFAULT_EMBED_THRESHOLD})")
     p.add_argument("--embed-device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -392,7 +396,8 @@ def run(argv: list[str] | None = None) -> dict:
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
                 raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
-        encoder = embed.load_encoder(args.embed_checkpoint, args.embed_device) if args.embed_checkpoint else None
+        encoder = (embed.load_encoder(args.embed_checkpoint, args.embed_device, args.embed_model)
+                   if args.embed_checkpoint else None)
         if args.out_shards:
             clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
     except (EvalSetError, embed.CheckpointError) as e:
@@ -432,6 +437,7 @@ def run(argv: list[str] | None = None) -> dict:
     embedding_settings = {"embed_checkpoint": None}
     if encoder is not None:
         embedding_settings = {"embed_checkpoint": encoder.path, "embed_checkpoint_sha256": encoder.sha256,
+                              "embed_model": args.embed_model,
                               "embed_threshold": args.embed_threshold, "embed_image_size": encoder.image_size,
                               "embed_dim": encoder.dim, "embed_version": embed.EMBED_VERSION}
     os.makedirs(args.out, exist_ok=True)
