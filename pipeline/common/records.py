@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Iterable
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.common import matchcore
+from pipeline.common import files
 from pipeline.common.text import PUNCT_TO_WRAP, normalize_entry
 
 QUERY_LIST_HEADER = ("query_id", "query", "source", "count", "pmi")
@@ -52,19 +51,21 @@ class DecisionsError(ValueError):
 
 def decision_uids(specs: Iterable[str]) -> frozenset[str]:
     """The uids of `dedup` decision files: each spec a parquet file with a `uid` column, or a folder (its
-    `decisions.parquet`, else every `*.parquet` in it); DecisionsError with one line on a missing or bad spec."""
+    `decisions.parquet`, else every `*.parquet` in it), local or fsspec, as `files.expand` lists them;
+    DecisionsError with one line on a missing or bad spec."""
     uids: set[str] = set()
     for spec in specs:
-        path = Path(spec)
-        files = ([path / "decisions.parquet"] if (path / "decisions.parquet").is_file() else
-                 sorted(path.glob("*.parquet"))) if path.is_dir() else [path] if path.is_file() else []
-        if not files:
-            raise DecisionsError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)")
-        for file in files:
+        folder_decisions = f"{spec.rstrip('/')}/decisions.parquet"
+        try:
+            paths = [folder_decisions] if files.exists(folder_decisions) else files.expand(spec, ".parquet")
+        except files.NoFilesError:
+            raise DecisionsError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)") from None
+        for path in paths:
             try:
-                uids.update(u for u in pq.read_table(file, columns=["uid"])["uid"].to_pylist() if u is not None)
+                with files.open_file(path) as f:
+                    uids.update(u for u in pq.read_table(f, columns=["uid"])["uid"].to_pylist() if u is not None)
             except (OSError, KeyError, ValueError) as e:   # pyarrow: not parquet (OSError/ArrowInvalid), no uid column
-                raise DecisionsError(f"--exclude {file}: not a decisions file with a uid column ({e})") from None
+                raise DecisionsError(f"--exclude {path}: not a decisions file with a uid column ({e})") from None
     return frozenset(uids)
 
 
@@ -77,21 +78,11 @@ def uid_of(url: str, caption: str) -> str:
     return hashlib.blake2b(f"{url}\x1f{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def uids_of_py(urls: list[str], captions: list[str]) -> list[str]:
-    """`[uid_of(u, c) for u, c in zip(urls, captions)]` without a Python call per pair."""
+def uids_of(urls: list[str], captions: list[str]) -> list[str]:
+    """`[uid_of(u, c) for u, c in zip(urls, captions)]` without a Python call per pair (hashlib's BLAKE2b)."""
     blake2b = hashlib.blake2b
     return [blake2b(f"{url}\x1f{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
             for url, caption in zip(urls, captions)]
-
-
-# the match stage's hot loop: BLAKE2b in C, ~4x less CPU than hashlib's object + hexdigest per pair
-_c_uids = matchcore.core.uids if matchcore.core else None
-
-
-def uids_of(urls: list[str], captions: list[str]) -> list[str]:
-    """`uids_of_py` (strings only), in C (pipeline/common/_matchcore.c) where built: tests/test_matchcore.py holds the two
-    equal."""
-    return _c_uids(urls, captions) if _c_uids is not None else uids_of_py(urls, captions)
 
 
 _MARKS = re.compile("[" + re.escape("".join(PUNCT_TO_WRAP)) + "]")

@@ -1,36 +1,23 @@
 """Stage 5 (`make dedup`): find the training samples that are near-duplicates of evaluation images.
 
-CLIP (Radford et al. 2021, section 5 and appendix C) found copies of eval images in web data, edited the way the
-web edits images; this stage finds them by perceptual hashes that survive those edits (and, optionally, by the
-cosine of an image encoder of ours). Two steps, as datatrove's decontamination: (1) index the eval side, (2) match
-the shards against it. The trainer then skips the decisions' uids while streaming (`train.train --exclude`).
-
-In:  shards in img2dataset's WebDataset layout (`--shards`: a folder, glob or brace pattern of `.tar`),
-     eval sets (`--eval NAME=PATH`, several; layouts in `pipeline/common/evalsets.py`).
-Out (`--out`, e.g. work/dedup): `decisions.parquet` (one row per (training sample, eval image) pair found: uid,
-     key, shard, eval_set, eval_image_id, eval_label, distance (Hamming bits of the pair of hashes that found it),
-     match = exact|near, same_bytes, nearest = the sample's closest image of that set, signal = the hash signal
-     that found it (`phash.SIGNAL_ORDER`: phash, flip, frame, crop, reframe, overlay, rotate), `embedding`, or
-     `<hash signal>+embedding`, cosine), `dropped.parquet` (every sample that must go, with its reason),
-     `manifest.json` (drops per eval set and per signal, eval images hashed/unreadable, shard read errors), and
-     `cache/` (hashes, see `pipeline/dedup/phash.py`; embeddings, see `pipeline/dedup/embed.py`). No shard is rewritten: that
-     would copy the whole dataset to drop a fraction of a percent of it, at half the stage's speed
-     (BENCHMARKS.md). `--out-shards DIR` writes the kept samples as new shards for a clean copy (members copied
-     byte for byte, `NNNNN.parquet` and `NNNNN_stats.json` beside each).
-Decision: `eval_duplicate` when some hash signal pairs the sample with an eval image within that signal's
-     threshold (DEFAULT_THRESHOLDS, or `--threshold` for all; `--signals` picks them), or with
-     `--embed-checkpoint` at cosine >= `--embed-threshold`; `unreadable_image`/`decompression_bomb`/`missing_image`
-     when there is no decodable image (it cannot be checked, and the trainer could not use it either).
-Search: exact, by multi-index hashing (`pipeline/dedup/mih.py`) over every variant hash of every eval image, faiss'
-     linear scan above 8 bits; embeddings by faiss `IndexFlatIP`. Hashing runs on worker processes, the search in
-     this process shard by shard (memory holds one shard's hashes). A corrupt shard contributes the samples read
-     before the damage and is listed under `shard_errors`; the run goes on.
-Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test [--eval ...] --out work/dedup \\
-         [--threshold BITS] [--signals phash,flip,...] [--workers N] [--out-shards shards/NAME-dedup] \\
-         [--embed-checkpoint runs/NAME/ckpt_latest.pt [--embed-model NAME|JSON] [--embed-threshold COS] \\
-          [--embed-device cpu|cuda]]
-Numbers (thresholds, precision/recall per web edit on CIFAR-10, both halves; speed): BENCHMARKS.md, section dedup;
-the embedding threshold's calibration: `python -m bench.bench_dedup --data ../shared/data --embed-checkpoint PATH`.
+Paper: CLIP (Radford et al. 2021, section 5 and appendix C) found copies of eval images in web data, edited the
+way the web edits images. Two steps, as datatrove's decontamination: index the eval side, then match the shards
+against it. The trainer skips the decisions' uids while streaming (`train.train --exclude`); no shard is rewritten.
+In:  WebDataset shards (`--shards`: a folder, glob or brace pattern of `.tar`) and eval sets (`--eval NAME=PATH`,
+     several; layouts in `pipeline/common/evalsets.py`).
+Out: `--out`: `decisions.parquet` (each sample x eval image pair found, with distance, cosine, nearest, and the
+     signal that found it: a hash signal of `phash.SIGNAL_ORDER`, `embedding` or `<hash signal>+embedding`),
+     `dropped.parquet` (each sample that must go and its reason), `manifest.json` (drops per eval set and per
+     signal), `cache/` (hashes, embeddings); optional `--out-shards`: the kept samples resharded, members copied
+     byte for byte, with img2dataset's per-shard `NNNNN.parquet` and `NNNNN_stats.json`.
+Decision: `eval_duplicate` when some hash signal pairs the sample with an eval image within that signal's threshold
+     (DEFAULT_THRESHOLDS, or `--threshold` for all; `--signals` picks them), or (with `--embed-checkpoint`) at cosine
+     >= `--embed-threshold`; `unreadable_image`/`decompression_bomb`/`missing_image` when it cannot be checked.
+     Search: multi-index hashing (`mih.py`, exact), faiss above 8 bits; hashing on worker processes (`phash.py`),
+     search here shard by shard. A corrupt shard contributes what was read before the damage (manifest).
+Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test --out work/dedup \\
+         [--threshold BITS] [--signals phash,flip,...] [--workers N] [--out-shards DIR] [--embed-checkpoint CKPT]
+Numbers: thresholds (precision/recall per web edit on CIFAR-10), speeds: BENCHMARKS.md, "Stage 5: dedup".
 """
 
 from __future__ import annotations
@@ -52,11 +39,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.evalsets import EvalSet, EvalSetError, open_eval_sets
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.rawtar import iter_raw_samples
 from pipeline.dedup import embed, mih, phash
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -245,22 +233,6 @@ def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
     return reasons
 
 
-def list_shards(spec: str) -> list[str]:
-    """Shard paths from a folder, a glob, a brace pattern or one file (local or fsspec), sorted."""
-    if "{" in spec:
-        import braceexpand  # a webdataset dependency
-        return list(braceexpand.braceexpand(spec))
-    fs, path = fsspec.core.url_to_fs(spec)
-    protocol = spec.split("://")[0] + "://" if "://" in spec else ""
-    if any(c in path for c in "*?["):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = fs.glob(path.rstrip("/") + "/*.tar")
-    else:
-        found = [path] if fs.exists(path) else []
-    return sorted(protocol + p for p in found if p.endswith(".tar"))
-
-
 class ShardRewriter:
     """Writes kept samples into `NNNNN.tar` shards of `per_shard` samples, members copied byte for byte."""
 
@@ -389,9 +361,7 @@ def run(argv: list[str] | None = None) -> dict:
     cache = os.path.join(args.out, "cache")
     try:
         eval_sets = open_eval_sets(args.eval, args.classnames)
-        shards = list_shards(args.shards)
-        if not shards:
-            raise SystemExit(f"dedup: no .tar shards at {args.shards}")
+        shards = files.expand(args.shards, ".tar")
         eval_tables = {s.name: phash.eval_hashes(s, cache, args.workers, args.draft) for s in eval_sets}
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
@@ -400,7 +370,7 @@ def run(argv: list[str] | None = None) -> dict:
                    if args.embed_checkpoint else None)
         if args.out_shards:
             clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
-    except (EvalSetError, embed.CheckpointError) as e:
+    except (EvalSetError, embed.CheckpointError, files.NoFilesError) as e:
         raise SystemExit(f"dedup: {e}") from None
     eval_features = None
     if encoder is not None:
@@ -501,7 +471,7 @@ def dropped_per_signal(decisions: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     manifest = run(argv)
     c = manifest["counters"]
     log.info("dedup: read %d, kept %d, rejected %s -> %s", c["read"], c["kept"], c["rejected"],
