@@ -14,7 +14,7 @@ STAGES = (  # (label, manifest, report a person opens)
     ("match", "work/demo/matched/manifest.json", "work/demo/matched/query_counts.tsv"),
     ("balance", "work/demo/balanced/manifest.json", "work/demo/balanced/entry_counts.png"),
     ("shards", "shards/demo/manifest.json", "shards/demo/"),
-    ("dedup", "work/demo/dedup/manifest.json", "shards/demo-dedup/"),
+    ("dedup", "work/demo/dedup/manifest.json", "work/demo/dedup/decisions.parquet"),
     ("overlap", "reports/demo/overlap/manifest.json", "reports/demo/overlap/overlap.md"),
 )
 
@@ -62,7 +62,7 @@ def main() -> None:
     if world and dedup:
         found = planted_found(world)
         print(f"  dedup: {len(world['planted_duplicates'])} held-out digits were planted in the pool (upscaled, "
-              f"recompressed); {found} of them found and removed -> work/demo/dedup/decisions.parquet")
+              f"recompressed); {found} of them found, and training skipped them (--exclude)")
     zeroshot = load("runs/demo/zeroshot.json")
     if zeroshot:
         for templates, r in zeroshot.get("classification", {}).items():

@@ -4,7 +4,9 @@ In:  a shard folder as `shards` writes it (`*.tar`, `*_stats.json`, `manifest.js
      glob or brace pattern of tars; optionally the `queries.tsv` the samples' `query_ids` refer to.
 Out: `<out>/stats.json`, `<out>/stats.md`, and PNG plots (`captions.png`, `images.png`, `queries.png`,
      `contact_sheet.png`); a short summary on the terminal and a progress bar while reading.
-Run: `python -m pipeline.stats --shards shards/NAME --out reports/stats [--queries Q.tsv] [--max-samples N]`
+Run: `python -m pipeline.stats --shards shards/NAME --out reports/stats [--queries Q.tsv] [--max-samples N]
+     [--exclude work/NAME/dedup]` (the report then describes what the trainer reads with the same `--exclude`:
+     the samples whose uid is in the dedup decisions are counted as excluded and left out of every figure)
 
 Decisions
 - Shards are read with `pipeline.common.rawtar` (a streaming tar reader), not with webdataset: a report must say *which* shard is
@@ -42,7 +44,7 @@ from pipeline.common import files, rawtar
 from pipeline.common.downloads import failure_reason
 from pipeline.common.images import image_member
 from pipeline.common.manifest import write_json_atomic
-from pipeline.common.records import QueryListError, load_query_list
+from pipeline.common.records import DecisionsError, QueryListError, decision_uids, load_query_list, uid_of_sample
 from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,8 @@ class ShardStats:
     image_bytes: Histogram = field(default_factory=lambda: Histogram(0, 256 << 10, 128))
     per_query: collections.Counter = field(default_factory=collections.Counter)
     samples: int = 0
+    excluded: int = 0
+    exclude: frozenset = frozenset()
     bytes: int = 0
     shards: list[dict] = field(default_factory=list)
     reservoir: list[tuple[bytes, str]] = field(default_factory=list)
@@ -197,6 +201,9 @@ def read_shard(path: str, stats: ShardStats, budget: int | None) -> dict:
             return entry
         with fs.open(fs_path, "rb") as f:
             for sample in iter_tar_samples(f):
+                if stats.exclude and uid_of_sample(sample["__key__"], sample) in stats.exclude:
+                    stats.excluded += 1
+                    continue
                 stats.add_sample(sample)
                 entry["samples"] += 1
                 if budget is not None and entry["samples"] >= budget:
@@ -261,8 +268,8 @@ def query_report(per_query: collections.Counter, names: list[str] | None) -> dic
     return report
 
 
-def collect(shard_paths: list[str], max_samples: int | None) -> ShardStats:
-    stats = ShardStats()
+def collect(shard_paths: list[str], max_samples: int | None, exclude: frozenset = frozenset()) -> ShardStats:
+    stats = ShardStats(exclude=exclude)
     with tqdm(shard_paths, desc="stats", unit="shard", disable=None) as bar:
         for path in bar:
             budget = None if max_samples is None else max_samples - stats.samples
@@ -280,7 +287,7 @@ def build_report(stats: ShardStats, folder: str, names: list[str] | None, second
                    "empty": [s["path"] for s in stats.shards if s["status"] == EMPTY],
                    "corrupt": [{"path": s["path"], "samples_before_error": s["samples"], "error": s["error"]}
                                for s in stats.shards if s["status"] == CORRUPT]},
-        "samples": stats.samples, "bytes": stats.bytes,
+        "samples": stats.samples, "excluded_by_decisions": stats.excluded, "bytes": stats.bytes,
         "samples_per_shard": {"mean": round(sum(counts) / len(counts), 2) if counts else None,
                               "min": min(counts, default=None), "max": max(counts, default=None)},
         "captions": {"words": stats.words.summary(), "chars": stats.chars.summary()},
@@ -300,6 +307,7 @@ def markdown(report: dict, folder: str) -> str:
     lines = [f"# Shard statistics: `{folder}`", "",
              (f"- samples: {report['samples']:,} in {sh['read']} shards ({report['bytes'] / 2**20:.1f} MiB); "
               f"samples per shard: mean {per_shard['mean']}, min {per_shard['min']}, max {per_shard['max']}"),
+             f"- excluded by dedup decisions (`--exclude`, left out of every figure): {report['excluded_by_decisions']:,}",
              f"- empty shards: {len(sh['empty'])} {', '.join(f'`{p}`' for p in sh['empty'])}",
              f"- corrupt shards: {len(sh['corrupt'])} " + ", ".join(
                  f"`{c['path']}` ({c['samples_before_error']} samples read; {c['error']})" for c in sh["corrupt"]),
@@ -416,6 +424,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="reports/stats", help="report folder (default reports/stats)")
     p.add_argument("--queries", help="queries.tsv, to name the queries and list those without samples")
     p.add_argument("--max-samples", type=int, help="stop after this many samples")
+    p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DECISIONS",
+                   help="leave out the uids of these dedup decisions (decisions.parquet files or dedup output folders), "
+                        "as train.train --exclude does")
     args = p.parse_args(argv)
     if args.max_samples is not None and args.max_samples < 1:
         p.error("--max-samples must be positive")
@@ -426,14 +437,15 @@ def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
         names = load_query_list(args.queries) if args.queries else None
-    except QueryListError as err:
+        exclude = decision_uids(args.exclude)
+    except (QueryListError, DecisionsError) as err:
         raise SystemExit(f"stats: {err}") from None
     try:
         paths = files.expand(args.shards, ".tar")
     except files.NoFilesError as err:
         raise SystemExit(f"stats: {err}") from None
     start = time.monotonic()
-    stats = collect(paths, args.max_samples)
+    stats = collect(paths, args.max_samples, exclude)
     folder = shard_folder(args.shards, paths)
     report = build_report(stats, folder, names, time.monotonic() - start)
     write_outputs(args.out, report, stats, folder)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.dedup import embed, mih, phash
 from pipeline.dedup import stage as dedup
@@ -32,8 +32,8 @@ def test_copies_hash_close_and_other_images_far():
     original = phash.hash_image_bytes(jpeg_bytes(pattern_image(1)))[0]
     copy = phash.hash_image_bytes(web_copy(pattern_image(1)))[0]
     others = [phash.hash_image_bytes(jpeg_bytes(pattern_image(s)))[0] for s in range(100, 120)]
-    assert phash.hamming(original, copy) <= dedup.DEFAULT_THRESHOLD
-    assert min(phash.hamming(original, o) for o in others) > 2 * dedup.DEFAULT_THRESHOLD
+    assert phash.hamming(original, copy) <= dedup.DEFAULT_THRESHOLDS["phash"]
+    assert min(phash.hamming(original, o) for o in others) > 2 * dedup.DEFAULT_THRESHOLDS["phash"]
 
 
 @pytest.mark.parametrize("seed, size, mode", [(1, 96, "RGB"), (2, 300, "RGB"), (3, 32, "L"), (4, 57, "RGB")])
@@ -145,13 +145,14 @@ def test_planted_duplicates_are_found_and_only_they_are_removed(planted):
     decisions = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pylist()
     assert {d["key"]: d["eval_image_id"] for d in decisions} == \
         {"u_dup_a": "cat/0001.jpg", "u_dup_b": "dog/0005.jpg", "u_dup_c": "dog/0006.jpg"}
-    assert all(d["eval_set"] == "pets" and d["distance"] <= dedup.DEFAULT_THRESHOLD for d in decisions)
+    assert all(d["eval_set"] == "pets" and d["distance"] <= dedup.DEFAULT_THRESHOLDS["phash"] for d in decisions)
 
     kept = shard_keys(tmp_path / "dedup_shards")
     assert kept == sorted(f"u_other_{i:02d}" for i in range(17))
     assert manifest["counters"] == {"read": 22, "kept": 17, "rejected": {
         "eval_duplicate": 3, "missing_image": 1, "unreadable_image": 1}}
-    assert manifest["dropped_per_eval_set"]["pets"] == {"samples": 3, "uids": sorted(PLANTED)}
+    assert manifest["dropped_per_eval_set"]["pets"] == {"samples": 3, "uids": sorted(PLANTED), "per_signal": {"phash": 3}}
+    assert manifest["dropped_per_signal"] == {"phash": 3}
     assert manifest["eval_sets"]["pets"]["images_with_training_duplicate"] == 3
     assert [s["samples"] for s in manifest["out_shards"]] == [8, 8, 1]
 
@@ -238,14 +239,20 @@ def test_worker_processes_give_the_same_result(planted):
         pq.read_table(tmp_path / "out" / "decisions.parquet").replace_schema_metadata(None))
 
 
+def index_of_plain_hashes(hashes: list[int], ids: list[str]) -> dedup.EvalIndex:
+    """An eval index whose images have the given pHashes and random (far) other variants."""
+    variants = np.random.default_rng(0).integers(0, 2**63, (len(hashes), len(phash.VARIANT_KINDS)), dtype=np.uint64)
+    variants[:, 0] = hashes
+    return dedup.EvalIndex(index=dedup.build_binary_index(variants.ravel(), 8), eval_set=["e"] * len(ids),
+                           image_id=ids, label=[0] * len(ids), sha256=[""] * len(ids), variants=variants)
+
+
 def test_nearest_marks_each_samples_closest_eval_image(planted):
     shard_dir = planted[2]
     table, _ = phash.hash_shard(str(shard_dir / "00000.tar"))
     hashes = [h for h in table["phash"].to_pylist() if h is not None]
-    eval_hashes = np.array([hashes[0], hashes[0] ^ 0b11], dtype=np.uint64)
-    eval_index = dedup.EvalIndex(index=dedup.build_binary_index(eval_hashes, 8), eval_set=["e", "e"],
-                                 image_id=["same", "two_bits_off"], label=[0, 0], sha256=["", ""], hashes=eval_hashes)
-    rows = [d for d in dedup.match_shard(table, "s", eval_index, 8) if d["key"] == table["key"][0].as_py()]
+    eval_index = index_of_plain_hashes([hashes[0], hashes[0] ^ 0b11], ["same", "two_bits_off"])
+    rows = [d for d in dedup.match_shard(table, "s", eval_index, {"phash": 8}) if d["key"] == table["key"][0].as_py()]
     assert {(d["eval_image_id"], d["distance"], d["nearest"]) for d in rows} == {("same", 0, True), ("two_bits_off", 2, False)}
 
 
@@ -319,19 +326,19 @@ def test_embedding_finds_border_and_crop_copies_that_phash_misses(planted_border
     copies = {k: embed.embed_images(encoder, [(k, f(pattern_image(seed)))])[1][0] for k, (seed, f) in BORDER_AND_CROP.items()}
     for k, (seed, f) in BORDER_AND_CROP.items():   # the premise: pHash does not find them
         assert phash.hamming(phash.hash_image_bytes(f(pattern_image(seed)))[0],
-                             phash.hash_image_bytes(jpeg_bytes(pattern_image(seed)))[0]) > dedup.DEFAULT_THRESHOLD
+                             phash.hash_image_bytes(jpeg_bytes(pattern_image(seed)))[0]) > dedup.DEFAULT_THRESHOLDS["phash"]
     # this barely trained encoder is no good judge, so the threshold is set just low enough for both copies
     cos_threshold = min(float(copies[k] @ eval_features[eval_row[seed]]) for k, (seed, _) in BORDER_AND_CROP.items()) - 1e-3
-    # without the frame-trimmed hash, so that pHash misses the border copy too
-    phash_only = run_dedup(tmp_path, eval_root, shard_dir, "off", "off_shards", "--no-border-hash")
-    both = run_dedup(tmp_path, eval_root, shard_dir, "on", "on_shards", "--no-border-hash",
+    # the plain pHash signal only, so that the hashes miss the border copy too
+    phash_only = run_dedup(tmp_path, eval_root, shard_dir, "off", "off_shards", "--signals", "phash")
+    both = run_dedup(tmp_path, eval_root, shard_dir, "on", "on_shards", "--signals", "phash",
                      "--embed-checkpoint", tiny_checkpoint, "--embed-threshold", str(cos_threshold))
 
     decisions = pq.read_table(tmp_path / "on" / "decisions.parquet").to_pylist()
     for k, (seed, _) in BORDER_AND_CROP.items():
         row = next(d for d in decisions if d["key"] == k and d["eval_image_id"].endswith(f"{seed:04d}.jpg"))
         assert row["signal"] == dedup.EMBEDDING and row["cosine"] >= cos_threshold
-        assert row["distance"] > dedup.DEFAULT_THRESHOLD
+        assert row["distance"] > dedup.DEFAULT_THRESHOLDS["phash"]
     assert set(BORDER_AND_CROP) <= set(both["dropped_per_eval_set"]["pets"]["uids"])
 
     # every embedding pair is what a brute-force cosine over all shard images gives (away from float ties)
@@ -341,10 +348,10 @@ def test_embedding_finds_border_and_crop_copies_that_phash_misses(planted_border
     keys = sorted(features)
     sims = np.stack([features[k] for k in keys]) @ eval_features.T
     expected = {(keys[i], eval_ids[j]) for i, j in zip(*np.nonzero(sims >= cos_threshold + 1e-5))}
-    found = {(d["key"], d["eval_image_id"]) for d in decisions if d["signal"] != dedup.PHASH}
+    found = {(d["key"], d["eval_image_id"]) for d in decisions if d["signal"].endswith(dedup.EMBEDDING)}
     assert expected <= found
     assert all(abs(d["cosine"] - cos_threshold) < 1e-5 or (d["key"], d["eval_image_id"]) in expected
-               for d in decisions if d["signal"] != dedup.PHASH)
+               for d in decisions if d["signal"].endswith(dedup.EMBEDDING))
 
     # the pHash side is untouched: its pairs are the off run's, now with a cosine
     old = pq.read_table(tmp_path / "off" / "decisions.parquet").to_pylist()
@@ -353,7 +360,7 @@ def test_embedding_finds_border_and_crop_copies_that_phash_misses(planted_border
     assert both["dropped_per_signal"][dedup.EMBEDDING] >= 2
     assert both["counters"]["read"] == both["counters"]["kept"] + sum(both["counters"]["rejected"].values())
     assert both["settings"]["embed_checkpoint_sha256"] == embed.file_sha256(tiny_checkpoint)
-    assert phash_only["dropped_per_signal"] == {"phash": 3, "embedding": 0, "both": 0}
+    assert phash_only["dropped_per_signal"] == {"phash": 3}
 
     # the overlap report reads these decisions: the copies' sources count as overlap, the threshold is named
     report = overlap.run(["--dedup", str(tmp_path / "on"), "--out", str(tmp_path / "report"), "--examples", "1"])
@@ -367,13 +374,13 @@ def test_without_the_flag_the_output_is_the_phash_output(planted_border_and_crop
     tmp_path, eval_root, shard_dir = planted_border_and_crop
     manifest = run_dedup(tmp_path, eval_root, shard_dir)
     decisions = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pylist()
-    assert {d["signal"] for d in decisions} == {dedup.PHASH} and {d["cosine"] for d in decisions} == {None}
-    assert manifest["settings"]["embed_checkpoint"] is None and manifest["dropped_per_signal"]["embedding"] == 0
+    assert {d["cosine"] for d in decisions} == {None} and dedup.EMBEDDING not in manifest["dropped_per_signal"]
+    assert manifest["settings"]["embed_checkpoint"] is None
     assert not (tmp_path / "out" / "cache" / "embed").exists()
-    # the frame-trimmed hash finds the 10% border copy; the 30% crop is beyond pHash
-    assert {d["key"]: d["trimmed"] for d in decisions} == {**{k: False for k in PLANTED}, "u_border": True}
+    # the frame-trimmed hash finds the 10% border copy; the 30% crop is beyond every hash signal
+    assert {d["key"]: d["signal"] for d in decisions} == {**{k: "phash" for k in PLANTED}, "u_border": "frame"}
     assert "u_crop" in shard_keys(tmp_path / "dedup_shards")
-    plain = run_dedup(tmp_path, eval_root, shard_dir, "plain", "plain_shards", "--no-border-hash")
+    plain = run_dedup(tmp_path, eval_root, shard_dir, "plain", "plain_shards", "--signals", "phash")
     assert {d["key"] for d in pq.read_table(tmp_path / "plain" / "decisions.parquet").to_pylist()} == set(PLANTED)
     assert plain["counters"]["rejected"]["eval_duplicate"] == 3
 
@@ -400,11 +407,11 @@ def test_uniform_border_box_finds_frames_and_leaves_pictures_alone():
 def test_framed_copy_hashes_near_its_source_after_trimming():
     source = pattern_image(7)
     data = bordered(source)
-    plain, trimmed, status = phash.image_hashes(data)
+    (plain, trimmed, _), status = phash.image_hashes(data)
     original = phash.hash_image_bytes(jpeg_bytes(source))[0]
-    assert status == phash.OK and phash.hamming(plain, original) > dedup.DEFAULT_THRESHOLD
-    assert phash.hamming(trimmed, original) <= dedup.DEFAULT_THRESHOLD
-    assert phash.image_hashes(jpeg_bytes(source))[1] is None
+    assert status == phash.OK and phash.hamming(plain, original) > dedup.DEFAULT_THRESHOLDS["phash"]
+    assert phash.hamming(trimmed, original) <= dedup.DEFAULT_THRESHOLDS["phash"]
+    assert phash.image_hashes(jpeg_bytes(source))[0][1] is None
 
 
 def test_embedding_rerun_equals_once_and_reads_the_cache(planted_border_and_crop, tiny_checkpoint):
@@ -435,7 +442,7 @@ def test_embedding_from_an_open_clip_file_with_embed_model_decides_as_our_checkp
     config.write_text(json.dumps({"embed_dim": 64, "vision_cfg": {
         "image_size": vision["image_size"], "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
         "text_cfg": {"context_length": text["context_length"], "width": 64, "heads": 2, "layers": 2}}))
-    flags = ["--embed-threshold", "0.99", "--no-border-hash"]
+    flags = ["--embed-threshold", "0.99", "--signals", "phash"]
     expected = run_dedup(tmp_path, eval_root, shard_dir, "a", "a_shards", "--embed-checkpoint", tiny_checkpoint, *flags)
     got = run_dedup(tmp_path, eval_root, shard_dir, "b", "b_shards", "--embed-checkpoint", str(theirs),
                     "--embed-model", str(config), *flags)
@@ -469,3 +476,98 @@ def test_cosine_search_is_exact_and_inclusive():
     exact = np.eye(4, dtype=np.float32)                           # cosines exactly 1.0 and 0.0
     rows, hits = embed.cosine_pairs(embed.build_cosine_index(exact), exact[[2]], 1.0)
     assert (rows.tolist(), hits.tolist()) == ([0], [2])           # ">=": a cosine equal to the threshold counts
+
+
+# ---- the robust signals: mirrored, cropped, re-framed, overlaid and rotated copies ------------------------
+
+def edited_copy(image: Image.Image, edit: str) -> bytes:
+    """A web copy (enlarged to 200 px, JPEG q85) of `image` after one hand-written edit."""
+    big = image.resize((200, 200), Image.Resampling.BICUBIC)
+    if edit == "mirror":
+        big = big.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif edit == "crop_10pct":                      # 10% of each side cut, all from the right and the bottom
+        big = big.crop((0, 0, 180, 180)).resize((200, 200), Image.Resampling.BICUBIC)
+    elif edit == "caption_bars":                    # black bars over the top and bottom 10%, one with white text
+        draw = ImageDraw.Draw(big)
+        draw.rectangle((0, 0, 200, 20), fill="black")
+        draw.rectangle((0, 180, 200, 200), fill="black")
+        draw.text((5, 182), "www.example.com", fill="white", font_size=16)
+    elif edit == "rotate_5deg":
+        big = big.rotate(5, Image.Resampling.BICUBIC, fillcolor="white")
+    elif edit == "reframe":                         # on a blurred, enlarged copy of itself, 10% margins
+        canvas = big.resize((240, 240)).filter(ImageFilter.GaussianBlur(10))
+        canvas.paste(big, (20, 20))
+        big = canvas.resize((200, 200), Image.Resampling.BICUBIC)
+    return jpeg_bytes(big, 85)
+
+
+# key -> (eval seed, edit, the signal that must report it)
+EDITED = {"e_mirror": (6, "mirror", "flip"), "e_crop": (3, "crop_10pct", "crop"),
+          "e_caption": (4, "caption_bars", "overlay"), "e_rotate": (5, "rotate_5deg", "rotate"),
+          "e_reframe": (2, "reframe", "reframe")}
+
+
+def test_mirrored_frequencies_are_the_mirror_images_frequencies():
+    pixels = phash.grey_pixels(pattern_image(11, 32))
+    flipped = np.ascontiguousarray(pixels[:, ::-1])
+    assert np.allclose(phash.mirrored(phash.low_frequencies(pixels)), phash.low_frequencies(flipped))
+    variants = phash.variant_hashes(pixels)
+    assert variants[0] == phash.phash_of_image(Image.fromarray(pixels))                  # variant 0: the pHash
+    assert variants[1] == phash.phash_of_image(Image.fromarray(flipped))                 # variant 1: its mirror's
+
+
+def test_matrix_resize_is_pils_lanczos():
+    image = pattern_image(12, 70).convert("L")
+    box = (7.0, 3.5, 63.0, 59.5)
+    ours = phash.lanczos_weights(70, box[1], box[3]) @ phash.grey_pixels(image) @ phash.lanczos_weights(70, box[0], box[2]).T
+    theirs = np.asarray(image.resize((32, 32), Image.Resampling.LANCZOS, box=box), dtype=np.float64)
+    assert np.abs(ours - theirs).max() <= 2.0          # PIL rounds to 8 bits between its two passes
+
+
+def variant(kind: str, side: float = 1.0, x: float = 0.5, y: float = 0.5, degrees: float = 0.0, mirrored=False) -> int:
+    return 2 * phash.GEOMETRY.index((kind, side, x, y, degrees)) + int(mirrored)
+
+
+# edit -> (the copy's hash, the variant of its source's hashes that must be near it), by hand
+EXPECTED_PAIR = {"mirror": (0, variant("phash", mirrored=True)), "crop_10pct": (0, variant("crop", 0.9, 0.0, 0.0)),
+                 "caption_bars": (2, variant("centre", 0.8)), "rotate_5deg": (2, variant("rotate", 0.8, degrees=3.0)),
+                 "reframe": (2, variant("phash"))}
+
+
+@pytest.mark.parametrize("key", sorted(EDITED))
+def test_each_edit_is_beyond_phash_and_met_by_its_signal(key):
+    seed, edit, signal = EDITED[key]
+    source = phash.eval_image_hashes(jpeg_bytes(pattern_image(seed)))[0]
+    copy, status = phash.image_hashes(edited_copy(pattern_image(seed), edit))
+    query, v = EXPECTED_PAIR[edit]
+    assert status == phash.OK and phash.signal_of(phash.QUERY_KINDS[query], v) == signal
+    assert phash.hamming(copy[query], source[v]) <= dedup.DEFAULT_THRESHOLDS[signal]
+    # the premise: the plain pHash alone does not find it
+    assert phash.hamming(copy[0], source[0]) > dedup.DEFAULT_THRESHOLDS["phash"]
+    for other in (1, 100, 101):   # and no hash of it comes near any variant of another image
+        if other != seed:
+            others = phash.eval_image_hashes(jpeg_bytes(pattern_image(other)))[0]
+            assert min(phash.hamming(h, o) for h in copy if h is not None for o in others) > 8
+
+
+def test_edited_copies_are_dropped_and_counted_per_signal_and_eval_set(planted):
+    tmp_path, eval_root, shard_dir = planted
+    write_shard(shard_dir / "00002.tar", [(k, edited_copy(pattern_image(seed), edit))
+                                          for k, (seed, edit, _) in EDITED.items()])
+    manifest = dedup.run(["--shards", str(shard_dir), "--eval", f"pets={eval_root}", "--out", str(tmp_path / "out"),
+                          "--workers", "1"])
+    decisions = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pylist()
+    nearest = {d["key"]: (d["eval_image_id"], d["signal"]) for d in decisions if d["nearest"]}
+    assert nearest == {"u_dup_a": ("cat/0001.jpg", "phash"), "u_dup_b": ("dog/0005.jpg", "phash"),
+                       "u_dup_c": ("dog/0006.jpg", "phash"), "e_mirror": ("dog/0006.jpg", "flip"),
+                       "e_crop": ("cat/0003.jpg", "crop"), "e_caption": ("dog/0004.jpg", "overlay"),
+                       "e_rotate": ("dog/0005.jpg", "rotate"), "e_reframe": ("cat/0002.jpg", "reframe")}
+    per_signal = {"phash": 3, "flip": 1, "crop": 1, "overlay": 1, "rotate": 1, "reframe": 1}
+    assert manifest["dropped_per_signal"] == per_signal
+    assert manifest["dropped_per_eval_set"]["pets"]["per_signal"] == per_signal
+    assert manifest["counters"] == {"read": 27, "kept": 17, "rejected": {
+        "eval_duplicate": 8, "missing_image": 1, "unreadable_image": 1}}
+    # decisions only: no shards are written unless asked (--out-shards)
+    assert manifest["out_shards"] is None and manifest["settings"]["out_shards"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cache", "decisions.parquet", "dropped.parquet",
+                                                                     "manifest.json"]

@@ -67,8 +67,7 @@ def deduped(tmp_path):
     digits = tmp_path / "digits.csv"                            # a second set nothing in the shards copies
     digits.write_text("\n".join(",".join(["0"] * 400 + ["255"] * 384 + [str(i)]) for i in range(2)) + "\n")
     dedup.run(["--shards", str(shard_dir), "--eval", f"pets={eval_root}", "--eval", f"digits={digits}",
-               "--classnames", "digits=zero,one", "--out", str(tmp_path / "dedup"),
-               "--out-shards", str(tmp_path / "clean_shards"), "--workers", "1"])
+               "--classnames", "digits=zero,one", "--out", str(tmp_path / "dedup"), "--workers", "1"])
     return tmp_path
 
 

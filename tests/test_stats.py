@@ -132,3 +132,19 @@ def test_a_tar_cut_at_a_member_boundary_is_corrupt(tmp_path):
 def test_sample_key_follows_webdataset():
     assert rawtar.sample_key("abc.jpg") == ("abc", "jpg")
     assert rawtar.sample_key("dir/abc.seg.json") == ("dir/abc", "seg.json")
+
+
+def test_exclude_leaves_the_decisions_uids_out_as_the_trainer_does(shard_folder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder, _ = shard_folder
+    (tmp_path / "dedup").mkdir()
+    # samples 1 and 7 (one in each whole shard), and a uid that is in no shard
+    pq.write_table(pa.table({"uid": [f"{1:032x}", f"{7:032x}", "elsewhere"]}), tmp_path / "dedup" / "decisions.parquet")
+    glob = str(folder / "0000[01].tar")
+    report = stats.run(["--shards", glob, "--out", str(tmp_path / "r"), "--exclude", str(tmp_path / "dedup")])
+    assert (report["samples"], report["excluded_by_decisions"]) == (10, 2)
+    assert report["captions"]["words"]["n"] == 10
+    assert "excluded by dedup decisions (`--exclude`, left out of every figure): 2" in (tmp_path / "r" / "stats.md").read_text()
+    with pytest.raises(SystemExit, match=r"^stats: --exclude .*missing: no decisions"):
+        stats.run(["--shards", glob, "--out", str(tmp_path / "r"), "--exclude", str(tmp_path / "missing")])

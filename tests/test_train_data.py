@@ -138,3 +138,56 @@ def test_pipe_and_file_urls_stream_like_paths(shards):
 def test_a_directory_means_its_tar_files(shards):
     from pathlib import Path
     assert expand(str(Path(shards[0]).parent), ".tar") == shards
+
+
+# ---- --exclude: dedup decisions dropped while streaming -------------------------------------------------------
+
+def write_decisions(path, uids) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"uid": list(uids), "eval_set": ["e"] * len(uids)}), path)
+    return str(path)
+
+
+def uids_by_key(shard_urls) -> dict[str, str]:
+    import json
+    out = {}
+    for url in shard_urls:
+        with tarfile.open(url) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    out[m.name[: -len(".json")]] = json.loads(tar.extractfile(m).read())["uid"]
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_excluded_uids_are_never_yielded_and_are_counted(shards, tmp_path, workers):
+    from pipeline.common.records import decision_uids
+    from train.data import EXCLUDED
+    uids = uids_by_key(shards)                                   # the synthetic shards' uids are not their keys
+    assert all(k != u for k, u in uids.items())
+    dropped_keys = sorted(uids)[::4]                             # 15 of the 60 samples, from every shard
+    (tmp_path / "run1").mkdir()
+    write_decisions(tmp_path / "run1" / "decisions.parquet", [uids[k] for k in dropped_keys[:10]])
+    second = write_decisions(tmp_path / "more.parquet", [uids[k] for k in dropped_keys[10:]] + ["not-in-the-shards"])
+    exclude = decision_uids([str(tmp_path / "run1"), second])   # a dedup output folder and a file
+    assert len(exclude) == 16
+    for epoch in (0, 1):
+        batches = list(make_loader(shards, cfg(workers=workers), SIZE, CONTEXT, seed=0, epoch=epoch, exclude=exclude))
+        keys = keys_of(batches)
+        assert sorted(keys) == sorted(set(uids) - set(dropped_keys))     # each kept sample once, no excluded one
+        assert sum(b["skipped"].get(EXCLUDED, 0) for b in batches) == 15
+
+
+def test_exclude_of_nothing_usable_is_one_clear_error(tmp_path):
+    from pipeline.common.records import DecisionsError, decision_uids
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "nouid.parquet")
+    for spec, message in [(tmp_path / "missing", "no decisions"), (tmp_path / "empty", "no decisions"),
+                          (tmp_path / "bad.parquet", "not a decisions file"),
+                          (tmp_path / "nouid.parquet", "not a decisions file")]:
+        with pytest.raises(DecisionsError, match=f"^--exclude .*{message}"):
+            decision_uids([str(spec)])

@@ -11,7 +11,10 @@ worker queues and pinned memory, and the normalisation runs on the GPU.
 
 The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
-  tar to samples -> shuffle buffer -> decode + random resized crop into the batch's block + tokenize.
+  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop into the batch's block
+  + tokenize.
+Excluded uids (`--exclude`: the `dedup` stage's decisions, eval-set near-duplicates) are dropped before the
+shuffle buffer, so they are never decoded, and counted per worker like the corrupt samples (`skipped["excluded"]`).
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
 Epochs, determinism, corrupt data, augmentation and where a sample's time goes: the comment below the imports.
 Numbers: BENCHMARKS.md, "Training".
@@ -38,6 +41,7 @@ from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.common.images import DECODE_ERRORS, image_member, open_rgb
+from pipeline.common.records import uid_of_sample
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 
@@ -77,6 +81,7 @@ log = logging.getLogger(__name__)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_DATASET_MEAN
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)   # open_clip constants.OPENAI_DATASET_STD
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
+EXCLUDED = "excluded"   # skip-count key of the samples dropped because their uid is excluded (--exclude)
 
 
 def seed_of(*parts) -> int:
@@ -150,6 +155,15 @@ def open_shards(shards, handler):
 def tar_to_samples(shards, handler):
     """Shard streams -> samples {"__key__", "jpg", "txt", ...}: webdataset's tar reader with our opener."""
     return group_by_keys(tar_file_expander(open_shards(shards, handler), handler=handler), handler=handler)
+
+
+def drop_excluded(samples, excluded: frozenset[str], skips: SkipCounter):
+    """Raw samples minus those whose uid is in `excluded`, each counted in `skips` as EXCLUDED."""
+    for sample in samples:
+        if excluded and uid_of_sample(sample["__key__"], sample) in excluded:
+            skips.counts[EXCLUDED] += 1
+            continue
+        yield sample
 
 
 def shuffle_samples(samples, bufsize: int, initial: int, seed: int, epoch: int):
@@ -329,8 +343,10 @@ def hand_over_last_skips(batches, skips: SkipCounter):
 
 
 def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
-                  partial_batches: bool = True, batches_per_worker: int = 0) -> wds.DataPipeline:
-    """One epoch of batches for this rank, as a WebDataset pipeline (iterate it, or wrap it in a DataLoader)."""
+                  partial_batches: bool = True, batches_per_worker: int = 0,
+                  exclude: frozenset[str] = frozenset()) -> wds.DataPipeline:
+    """One epoch of batches for this rank, as a WebDataset pipeline (iterate it, or wrap it in a DataLoader);
+    samples whose uid is in `exclude` are dropped and counted."""
     tokenizer = ClipTokenizer(cfg.merges or DEFAULT_MERGES, context_length)
     skips = SkipCounter(cfg.on_error)
     if cfg.resampled:
@@ -342,6 +358,7 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
     pipeline = wds.DataPipeline(
         *shards,
         partial(tar_to_samples, handler=skips.handler),
+        partial(drop_excluded, excluded=exclude, skips=skips),
         partial(shuffle_samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial, seed=seed, epoch=epoch),
         partial(decode_into_batches, batch_size=cfg.batch_size, image_size=image_size, crop_scale=cfg.crop_scale,
                 tokenizer=tokenizer, skips=skips, seed=seed, epoch=epoch, partial=partial_batches),
@@ -355,7 +372,7 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
 
 
 def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
-                world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+                world_size: int = 1, pin_memory: bool = False, exclude: frozenset[str] = frozenset()) -> DataLoader:
     """The training loader for one epoch.
 
     With more than one rank the last partial batch of each worker is dropped: the all-gather in the loss
@@ -372,7 +389,7 @@ def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: 
         log.warning("%d shards for %d ranks x %d workers: some workers get no shard (use more shards or "
                     "--resampled)", len(urls), world_size, max(1, cfg.workers))
     pipeline = make_pipeline(urls, cfg, image_size, context_length, seed=seed, epoch=epoch,
-                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker)
+                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker, exclude=exclude)
     # prefetch 2 batches per worker (torch's default): ViT-B/32 batches of 256 are 38 MB of uint8 in /dev/shm each
     return DataLoader(pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
                       prefetch_factor=2 if cfg.workers else None, persistent_workers=False)

@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline.common.records import DecisionsError, decision_uids
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
 from pipeline.common.files import expand
@@ -126,7 +127,7 @@ def train_step(model, raw_model: CLIP, batch: dict, optimizer, scaler, lr: float
 # ---- data position, checkpoints, distributed ---------------------------------------------------------------
 
 def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tuple[int, int], world_size: int,
-                 pin_memory: bool):
+                 pin_memory: bool, exclude: frozenset[str] = frozenset()):
     """(epoch, batches done in epoch, batch), forever; resumes at `start` = (epoch, batches already done).
 
     Finite mode with several ranks: an epoch ends for everyone when the first rank runs out (a MIN
@@ -138,7 +139,7 @@ def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tup
     while True:
         done = 0
         for batch in make_loader(urls, cfg, model_cfg.vision.image_size, model_cfg.text.context_length,
-                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=pin_memory):
+                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=pin_memory, exclude=exclude):
             skipped.update(batch["skipped"])
             if not batch["keys"]:  # only counts (errors after a worker's last batch)
                 continue
@@ -223,6 +224,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
                         help="start (step 0) from these weights: ours, open_clip's or OpenAI's (fine-tuning); they "
                              "must fit --config's model (a resumed run ignores this: its checkpoint wins)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DECISIONS",
+                        help="drop the uids of these dedup decisions (decisions.parquet files or dedup output folders)"
+                             " while streaming; counted as skipped 'excluded'")
     parser.add_argument("--stop-at", type=int, default=0,
                         help="checkpoint and exit at this step, schedule unchanged (time-limited jobs; resume later)")
     for flag, key in FLAG_TO_KEY.items():
@@ -244,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world_size, device = setup_distributed(args.device)
     setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     out, urls = Path(args.out), expand(args.shards, ".tar", check_named=False)
+    try:
+        exclude = decision_uids(args.exclude)
+    except DecisionsError as e:
+        raise SystemExit(f"train: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,
@@ -253,9 +261,12 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("%d shards, %.1fM parameters, %s on %s x %d, batch %d x %d", len(urls),
                  sum(p.numel() for p in raw_model.parameters()) / 1e6, precision, device.type, world_size,
                  cfg.data.batch_size, world_size)
+        if exclude:
+            log.info("excluding %d uids (%s)", len(exclude), ", ".join(args.exclude))
 
     amp = autocast_for(precision, device)
-    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type == "cuda")
+    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type == "cuda",
+                          exclude)
     bar = tqdm(total=cfg.optim.steps, initial=step, disable=rank != 0 or not sys.stderr.isatty(), unit="step")
     meter = Meter()
     last = min(cfg.optim.steps, args.stop_at or cfg.optim.steps)

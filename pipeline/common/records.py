@@ -15,12 +15,15 @@ columns the user kept): the set of columns differs per pool, so a fixed dataclas
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Iterable
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from pipeline.common import files
 from pipeline.common.text import PUNCT_TO_WRAP, normalize_entry
 
 QUERY_LIST_HEADER = ("query_id", "query", "source", "count", "pmi")
@@ -31,6 +34,39 @@ def matched_schema(keep_cols: Iterable[str] = ()) -> pa.Schema:
     """Parquet schema of `match` output: `uid, url, caption, query_ids` plus kept source columns (strings)."""
     return pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
                       ("query_ids", pa.list_(pa.int32())), *((col, pa.string()) for col in keep_cols)])
+
+
+def uid_of_sample(key: str, sample: dict[str, bytes]) -> str:
+    """A shard sample's uid: its json's `uid` (the `shards` stage writes it), else its key (= the uid in our shards).
+    `dedup` records it, the trainer and `stats` skip by it (`--exclude`)."""
+    try:
+        return str(json.loads(sample["json"])["uid"]) if "json" in sample else key
+    except (ValueError, KeyError, TypeError):
+        return key
+
+
+class DecisionsError(ValueError):
+    """An `--exclude` spec names no decisions file, or a file without a uid column."""
+
+
+def decision_uids(specs: Iterable[str]) -> frozenset[str]:
+    """The uids of `dedup` decision files: each spec a parquet file with a `uid` column, or a folder (its
+    `decisions.parquet`, else every `*.parquet` in it), local or fsspec, as `files.expand` lists them;
+    DecisionsError with one line on a missing or bad spec."""
+    uids: set[str] = set()
+    for spec in specs:
+        folder_decisions = f"{spec.rstrip('/')}/decisions.parquet"
+        try:
+            paths = [folder_decisions] if files.exists(folder_decisions) else files.expand(spec, ".parquet")
+        except files.NoFilesError:
+            raise DecisionsError(f"--exclude {spec}: no decisions (a parquet file, or a folder holding decisions.parquet)") from None
+        for path in paths:
+            try:
+                with files.open_file(path) as f:
+                    uids.update(u for u in pq.read_table(f, columns=["uid"])["uid"].to_pylist() if u is not None)
+            except (OSError, KeyError, ValueError) as e:   # pyarrow: not parquet (OSError/ArrowInvalid), no uid column
+                raise DecisionsError(f"--exclude {path}: not a decisions file with a uid column ({e})") from None
+    return frozenset(uids)
 
 
 class QueryListError(ValueError):

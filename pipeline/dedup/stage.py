@@ -1,22 +1,23 @@
-"""Stage 5 (`make dedup`): remove near-duplicates of evaluation images from the training shards.
+"""Stage 5 (`make dedup`): find the training samples that are near-duplicates of evaluation images.
 
-Paper: CLIP (Radford et al. 2021, section 5 and appendix C) found copies of eval images in web data. Two steps,
-as datatrove's decontamination: index the eval side, then filter the shards against that index.
+Paper: CLIP (Radford et al. 2021, section 5 and appendix C) found copies of eval images in web data, edited the
+way the web edits images. Two steps, as datatrove's decontamination: index the eval side, then match the shards
+against it. The trainer skips the decisions' uids while streaming (`train.train --exclude`); no shard is rewritten.
 In:  WebDataset shards (`--shards`: a folder, glob or brace pattern of `.tar`) and eval sets (`--eval NAME=PATH`,
      several; layouts in `pipeline/common/evalsets.py`).
-Out: `--out`: `decisions.parquet` (each sample x eval image pair found, with distance, cosine, signal, nearest),
-     `dropped.parquet` (each dropped sample and its reason), `manifest.json`, `cache/` (hashes, embeddings);
-     `--out-shards`: the kept samples resharded, members copied byte for byte, with img2dataset's per-shard
-     `NNNNN.parquet` and `NNNNN_stats.json`.
-Decision: dropped as `eval_duplicate` when its 64-bit pHash, or that of the picture inside its uniform frame
-     (`phash.trimmed_phash`), is within `--threshold` bits of an eval image's, or (with `--embed-checkpoint`) its
-     embedding has cosine >= `--embed-threshold` with one; `unreadable_image`/`decompression_bomb`/`missing_image`
-     when it cannot be checked. Search: multi-index hashing (`mih.py`, exact) up to 8 bits, faiss above; hashing
-     on worker processes (`phash.py`), search and rewrite here shard by shard (memory: one shard's hashes). A
-     corrupt shard contributes what was read before the damage and is listed in the manifest.
+Out: `--out`: `decisions.parquet` (each sample x eval image pair found, with distance, cosine, nearest, and the
+     signal that found it: a hash signal of `phash.SIGNAL_ORDER`, `embedding` or `<hash signal>+embedding`),
+     `dropped.parquet` (each sample that must go and its reason), `manifest.json` (drops per eval set and per
+     signal), `cache/` (hashes, embeddings); optional `--out-shards`: the kept samples resharded, members copied
+     byte for byte, with img2dataset's per-shard `NNNNN.parquet` and `NNNNN_stats.json`.
+Decision: `eval_duplicate` when some hash signal pairs the sample with an eval image within that signal's threshold
+     (DEFAULT_THRESHOLDS, or `--threshold` for all; `--signals` picks them), or (with `--embed-checkpoint`) at cosine
+     >= `--embed-threshold`; `unreadable_image`/`decompression_bomb`/`missing_image` when it cannot be checked.
+     Search: multi-index hashing (`mih.py`, exact), faiss above 8 bits; hashing on worker processes (`phash.py`),
+     search here shard by shard. A corrupt shard contributes what was read before the damage (manifest).
 Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test --out work/dedup \\
-         --out-shards shards/NAME-dedup [--threshold 8] [--workers N] [--embed-checkpoint CKPT]
-Numbers: how the thresholds were chosen (precision/recall per transform), speeds: BENCHMARKS.md, "Stage 5: dedup".
+         [--threshold BITS] [--signals phash,flip,...] [--workers N] [--out-shards DIR] [--embed-checkpoint CKPT]
+Numbers: thresholds (precision/recall per web edit on CIFAR-10), speeds: BENCHMARKS.md, "Stage 5: dedup".
 """
 
 from __future__ import annotations
@@ -48,22 +49,20 @@ from pipeline.common.logs import setup_logging
 log = logging.getLogger(__name__)
 
 STAGE = "dedup"
-# Both thresholds: the best recall on resize+recompress at precision >= 0.99 in bench/bench_dedup.py (tables in
-# BENCHMARKS.md). pHash distances are nearly always even, so 8 and 9 behave alike; the false positives left at 8
-# bits are mostly real duplicates inside CIFAR-10's test set (Barz & Denzler 2020). The cosine scale belongs to
-# the encoder (0.998 is for the bench's tiny CLIP): calibrate it per checkpoint with bench_dedup --embed-checkpoint.
-DEFAULT_THRESHOLD = 8          # bits of 64
-DEFAULT_EMBED_THRESHOLD = 0.998  # cosine, for the bench's tiny encoder
+# bits per hash signal (phash.SIGNAL_ORDER), tuned on the first half of bench/bench_dedup.py's CIFAR-10 edits
+# (`tune`: pooled precision >= 0.99, every single edit's recall >= 0.90, then the best pooled recall); the crops and
+# the re-framed centre pair each shard hash with 18 eval variants, so they take 6 bits (BENCHMARKS.md, dedup)
+DEFAULT_THRESHOLDS = {"phash": 8, "flip": 8, "frame": 8, "crop": 6, "overlay": 8, "rotate": 8, "reframe": 6}
+DEFAULT_EMBED_THRESHOLD = 0.998  # cosine; measured in bench/bench_dedup.py for its tiny encoder (module docstring)
 SAMPLES_PER_SHARD = 10_000     # img2dataset's default number_sample_per_shard
 EVAL_DUPLICATE = "eval_duplicate"
-PHASH, EMBEDDING, BOTH = "phash", "embedding", "both"   # which signal found a pair (decisions.signal)
+EMBEDDING = "embedding"        # decisions.signal of a pair only the embedding found (else a hash signal, +embedding)
 SHARD_FILE = re.compile(r"^\d{5}(\.tar|\.parquet|_stats\.json)$")
 
 DECISION_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
                              ("eval_set", pa.string()), ("eval_image_id", pa.string()), ("eval_label", pa.int64()),
                              ("distance", pa.int32()), ("match", pa.string()), ("same_bytes", pa.bool_()),
-                             ("nearest", pa.bool_()), ("signal", pa.string()), ("cosine", pa.float32()),
-                             ("trimmed", pa.bool_())])
+                             ("nearest", pa.bool_()), ("signal", pa.string()), ("cosine", pa.float32())])
 DROPPED_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()),
                             ("reason", pa.string())])
 OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url", pa.string()),
@@ -74,14 +73,15 @@ OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url"
 
 @dataclasses.dataclass(frozen=True)
 class EvalIndex:
-    """Every hashed eval image of every set, in one faiss index; row i of the index is entry i here.
-    With the embedding signal on, `features` holds row i's unit feature and `cosine_index` searches them."""
+    """Every hashed eval image of every set (entry i: eval_set[i], image_id[i], ...) and one exact Hamming index over
+    all their variant hashes: index row r is variant r % n_variants of entry r // n_variants (`phash.VARIANT_KINDS`).
+    With the embedding signal on, `features` holds entry i's unit feature and `cosine_index` searches them."""
     index: mih.MultiIndexHash | faiss.IndexBinary
     eval_set: list[str]
     image_id: list[str]
     label: list[int]
     sha256: list[str]
-    hashes: np.ndarray
+    variants: np.ndarray            # (entries, n_variants) uint64
     features: np.ndarray | None = None
     cosine_index: faiss.IndexFlatIP | None = None
 
@@ -96,23 +96,23 @@ def build_binary_index(hashes: np.ndarray, threshold: int) -> mih.MultiIndexHash
     return index
 
 
-def build_eval_index(tables: dict[str, pa.Table], threshold: int,
+def build_eval_index(tables: dict[str, pa.Table], radius: int,
                      features: dict[str, dict[str, np.ndarray]] | None = None, dim: int = 0) -> EvalIndex:
-    """One index over the hashed images of all eval sets (unreadable eval images are left out and counted);
-    with `features` ({set: {image_id: unit feature}}), a cosine index over the same rows as well."""
-    cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": [], "phash": []}
+    """One index over the variant hashes of the readable images of all eval sets (unreadable ones are left out and
+    counted); with `features` ({set: {image_id: unit feature}}), a cosine index over the same entries as well."""
+    cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": [], "variants": []}
     for name, table in tables.items():
         ok = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
         cols["eval_set"] += [name] * len(ok["image_id"])
-        for c in ("image_id", "label", "sha256", "phash"):
+        for c in ("image_id", "label", "sha256", "variants"):
             cols[c] += ok[c]
-    hashes = np.array(cols.pop("phash"), dtype=np.uint64)
+    variants = np.array(cols.pop("variants"), dtype=np.uint64).reshape(-1, len(phash.VARIANT_KINDS))
     embedded = {}
     if features is not None:
         rows = np.concatenate([embed.stack([i for s, i in zip(cols["eval_set"], cols["image_id"]) if s == name],
                                            features[name], dim) for name in tables])
         embedded = {"features": rows, "cosine_index": embed.build_cosine_index(rows)}
-    return EvalIndex(index=build_binary_index(hashes, threshold), hashes=hashes, **cols, **embedded)
+    return EvalIndex(index=build_binary_index(variants.ravel(), radius), variants=variants, **cols, **embedded)
 
 
 def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarray,
@@ -130,24 +130,59 @@ def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarr
 
 # ---- step 2: filter the shards -------------------------------------------------------------------------
 
-def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: int, border_hash: bool = True,
-                features: dict[str, np.ndarray] | None = None, embed_threshold: float = 1.0) -> list[dict]:
-    """Decision rows for one shard's hash table: each (sample, eval image) pair within the pHash threshold (by the
-    sample's pHash or, with `border_hash`, by the pHash inside its uniform frame) or, when the eval index has
-    features and `features` (key -> unit feature) are given, at cosine >= embed_threshold.
+HASH_COLUMNS = ("phash", "phash_trimmed", "phash_centre")   # the shard cache's columns of phash.QUERY_KINDS
+# signal code of each (shard hash kind, eval variant) pair; -1: that pair is not searched
+SIGNAL_CODE = np.array([[phash.SIGNAL_ORDER.index(s) if (s := phash.signal_of(kind, v)) else -1
+                         for v in range(len(phash.VARIANT_KINDS))] for kind in phash.QUERY_KINDS], dtype=np.int64)
 
-    Every row has the pair's Hamming distance, the smaller of the two hashes' (also for pairs only the embedding
-    found), `trimmed` when the frame-trimmed hash gave it, and with the embedding signal on the pair's cosine;
-    `signal` says which test(s) the pair passed.
-    """
+
+def hash_pairs(rows: dict[str, list], eval_index: EvalIndex, thresholds: dict[str, int]) -> dict[tuple[int, int], tuple]:
+    """(sample row, eval entry) -> (distance, signal) over every searched (shard hash, eval variant) pair
+    (`phash.SIGNALS`) within its signal's threshold: the first signal of `phash.SIGNAL_ORDER` that found the pair
+    (a plain copy is reported as `phash` even where its centre hashes happen to be closer), at its closest."""
+    limit = np.array([thresholds.get(s, -1) for s in phash.SIGNAL_ORDER], dtype=np.int64)
+    row_of, kind_of, hashes = [], [], []
+    for k, column in enumerate(HASH_COLUMNS):
+        if not (limit[SIGNAL_CODE[k][SIGNAL_CODE[k] >= 0]] >= 0).any():
+            continue   # every signal of this hash is off: do not search it
+        present = [(i, h) for i, h in enumerate(rows[column]) if h is not None]
+        row_of += [i for i, _ in present]
+        kind_of += [k] * len(present)
+        hashes += [h for _, h in present]
+    radius = max(thresholds.values(), default=-1)
+    if radius < 0 or not hashes:
+        return {}
+    q, hit, dist = range_search(eval_index.index, np.array(hashes, dtype=np.uint64), radius)
+    n_variants = eval_index.variants.shape[1]
+    code = SIGNAL_CODE[np.array(kind_of, dtype=np.int64)[q], hit % n_variants]
+    keep = (code >= 0) & (dist <= limit[np.maximum(code, 0)])
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for r, e, d, c in zip(np.array(row_of)[q[keep]].tolist(), (hit[keep] // n_variants).tolist(),
+                          dist[keep].tolist(), code[keep].tolist()):
+        best[(r, e)] = min(best.get((r, e), (c, d)), (c, d))
+    return {pair: (d, phash.SIGNAL_ORDER[c]) for pair, (c, d) in best.items()}
+
+
+def closest_distance(rows: dict[str, list], row: int, variants: np.ndarray, signals: Iterable[str]) -> int:
+    """The smallest Hamming distance over the (shard hash, eval variant) pairs of the given signals of one sample
+    and one eval image, whatever the thresholds (the distance reported for a pair only the embedding found)."""
+    codes = [phash.SIGNAL_ORDER.index(s) for s in signals]
+    return min((phash.hamming(int(rows[column][row]), int(variants[v]))
+                for k, column in enumerate(HASH_COLUMNS) if rows[column][row] is not None
+                for v in np.nonzero(np.isin(SIGNAL_CODE[k], codes))[0].tolist()))
+
+
+def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, thresholds: dict[str, int],
+                features: dict[str, np.ndarray] | None = None, embed_threshold: float = 1.0) -> list[dict]:
+    """Decision rows for one shard's hash table: each (sample, eval image) pair that some hash signal finds within
+    its threshold (`hash_pairs`) or, when the eval index has features and `features` (key -> unit feature) are
+    given, at cosine >= embed_threshold.
+
+    Every row has the pair's Hamming distance (the closest searched pair of hashes, also for pairs only the
+    embedding found), the `signal` that found it (a hash signal, `embedding`, or `<hash signal>+embedding`) and,
+    with the embedding signal on, the pair's cosine."""
     rows = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
-    hashes = np.array(rows["phash"], dtype=np.uint64)
-    framed = [i for i, t in enumerate(rows["phash_trimmed"]) if t is not None] if border_hash else []
-    trimmed = {i: int(rows["phash_trimmed"][i]) for i in framed}
-    queries, hits, _ = range_search(eval_index.index, np.concatenate(
-        [hashes, np.array([trimmed[i] for i in framed], dtype=np.uint64)]), threshold)
-    row_of = np.array(list(range(len(hashes))) + framed, dtype=np.int64)
-    by_phash = set(zip(row_of[queries].tolist(), hits.tolist()))
+    by_hash = hash_pairs(rows, eval_index, thresholds)
     by_embedding: set[tuple[int, int]] = set()
     vectors = None
     if eval_index.cosine_index is not None and features is not None:
@@ -155,15 +190,17 @@ def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: i
         by_embedding = set(zip(*(a.tolist() for a in embed.cosine_pairs(eval_index.cosine_index, vectors,
                                                                         embed_threshold))))
     decisions = []
-    for q, h in by_phash | by_embedding:
-        plain = phash.hamming(int(hashes[q]), int(eval_index.hashes[h]))
-        d = min(plain, phash.hamming(trimmed[q], int(eval_index.hashes[h]))) if q in trimmed else plain
+    for q, h in set(by_hash) | by_embedding:
+        if (q, h) in by_hash:
+            d, signal = by_hash[(q, h)]
+            signal += f"+{EMBEDDING}" if (q, h) in by_embedding else ""
+        else:
+            d, signal = closest_distance(rows, q, eval_index.variants[h], thresholds or phash.SIGNAL_ORDER), EMBEDDING
         decisions.append({
             "uid": rows["uid"][q], "key": rows["key"][q], "shard": shard,
             "eval_set": eval_index.eval_set[h], "eval_image_id": eval_index.image_id[h],
             "eval_label": eval_index.label[h], "distance": d, "match": "exact" if d == 0 else "near",
-            "same_bytes": rows["sha256"][q] == eval_index.sha256[h], "trimmed": d < plain,
-            "signal": BOTH if (q, h) in by_phash and (q, h) in by_embedding else PHASH if (q, h) in by_phash else EMBEDDING,
+            "same_bytes": rows["sha256"][q] == eval_index.sha256[h], "signal": signal,
             "cosine": None if vectors is None else round(float(vectors[q] @ eval_index.features[h]), 6)})
     mark_nearest(decisions)
     decisions.sort(key=lambda r: (r["key"], r["eval_set"], r["distance"], r["eval_image_id"]))
@@ -172,8 +209,7 @@ def match_shard(table: pa.Table, shard: str, eval_index: EvalIndex, threshold: i
 
 def mark_nearest(decisions: list[dict]) -> None:
     """Set `nearest` on each sample's closest eval image(s) per set: the smallest Hamming distance among the pairs
-    pHash found (ties included, as before the embedding signal existed); for a sample only the embedding found,
-    the highest cosine."""
+    a hash signal found (ties included); for a sample only the embedding found, the highest cosine."""
     def rank(r: dict) -> tuple:
         return (0, r["distance"]) if r["signal"] != EMBEDDING else (1, -r["cosine"])
     best: dict[tuple[str, str], tuple] = {}
@@ -185,9 +221,8 @@ def mark_nearest(decisions: list[dict]) -> None:
 
 
 def signal_of_sample(decisions: Iterable[dict]) -> str:
-    """phash, embedding or both: which signal(s) found at least one of a sample's pairs."""
-    signals = {s for d in decisions for s in ((PHASH, EMBEDDING) if d["signal"] == BOTH else (d["signal"],))}
-    return BOTH if len(signals) == 2 else signals.pop()
+    """The signal of a sample's drop: that of its nearest pair (the first of them by eval set and image id)."""
+    return min((d for d in decisions if d["nearest"]), key=lambda d: (d["eval_set"], d["eval_image_id"]))["signal"]
 
 
 def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
@@ -281,16 +316,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--classnames", action="append", default=[], metavar="NAME=FILE|a,b,c",
                    help="class names of eval set NAME (default: a classnames.json/yaml/txt beside the set)")
     p.add_argument("--out", required=True, help="decisions, manifest and hash cache go here (e.g. work/dedup)")
-    p.add_argument("--out-shards", required=True, help="filtered shards go here (e.g. shards/NAME-dedup)")
-    p.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
-                   help=f"max Hamming distance (bits of 64) of a near-duplicate (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--out-shards", help="also write the kept samples as new shards here (default: none; the trainer "
+                                        "drops the decisions' uids with --exclude)")
+    p.add_argument("--threshold", type=int,
+                   help="max Hamming distance (bits of 64) of a near-duplicate, for every hash signal (default: per "
+                        "signal, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLDS.items()) + ")")
+    p.add_argument("--signals", default=",".join(phash.SIGNAL_ORDER),
+                   help="hash signals to use, comma-separated (default: all of " + ",".join(phash.SIGNAL_ORDER) + ")")
     p.add_argument("--samples-per-shard", type=int, default=SAMPLES_PER_SHARD,
                    help=f"samples per output shard (default {SAMPLES_PER_SHARD:,}, img2dataset's)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (1 = in-process)")
     p.add_argument("--no-draft", dest="draft", action="store_false",
                    help="decode JPEGs fully before hashing (~4x slower; the default decodes at 1/2-1/8 scale)")
-    p.add_argument("--no-border-hash", dest="border_hash", action="store_false",
-                   help="search only each shard image's pHash, not also the pHash inside its uniform frame")
     p.add_argument("--embed-checkpoint", metavar="PATH",
                    help="second signal: also drop samples whose image embedding (the image encoder of this "
                         "checkpoint: ours, open_clip's or OpenAI's) has cosine >= --embed-threshold with an eval "
@@ -302,8 +339,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--embed-device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the encoder runs (default: cuda if available)")
     args = p.parse_args(argv)
-    if not 0 <= args.threshold <= 32:
+    if args.threshold is not None and not 0 <= args.threshold <= 32:
         p.error("--threshold must be between 0 and 32 bits")
+    signals = [x for x in args.signals.split(",") if x]
+    unknown = sorted(set(signals) - set(phash.SIGNAL_ORDER))
+    if unknown:
+        p.error(f"--signals: unknown {', '.join(unknown)} (known: {', '.join(phash.SIGNAL_ORDER)})")
+    args.thresholds = {k: DEFAULT_THRESHOLDS[k] if args.threshold is None else args.threshold
+                       for k in phash.SIGNAL_ORDER if k in signals}
     if not -1.0 <= args.embed_threshold <= 1.0:
         p.error("--embed-threshold must be a cosine between -1 and 1")
     if args.samples_per_shard < 1:
@@ -325,44 +368,42 @@ def run(argv: list[str] | None = None) -> dict:
                 raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
         encoder = (embed.load_encoder(args.embed_checkpoint, args.embed_device, args.embed_model)
                    if args.embed_checkpoint else None)
-        clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
+        if args.out_shards:
+            clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
     except (EvalSetError, embed.CheckpointError, files.NoFilesError) as e:
         raise SystemExit(f"dedup: {e}") from None
     eval_features = None
     if encoder is not None:
         eval_features = {s.name: embed.eval_features(s, encoder, cache) for s in eval_sets}
-    eval_index = build_eval_index(eval_tables, args.threshold, eval_features, encoder.dim if encoder else 0)
-    log.info("indexed %d eval images from %d set(s)%s", eval_index.index.ntotal, len(eval_sets),
-             f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
+    eval_index = build_eval_index(eval_tables, max(args.thresholds.values(), default=0), eval_features,
+                                  encoder.dim if encoder else 0)
+    log.info("indexed %d eval images from %d set(s) as %d hashes%s", len(eval_index.image_id), len(eval_sets),
+             eval_index.index.ntotal, f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
 
     decisions, dropped, shard_errors = [], [], {}
     rejected: collections.Counter = collections.Counter()
     read = 0
-    writer = ShardRewriter(args.out_shards, args.samples_per_shard)
+    writer = ShardRewriter(args.out_shards, args.samples_per_shard) if args.out_shards else None
     hashed = phash.parallel_map(phash.shard_hashes, shards, args.workers, desc="dedup shards", total=len(shards),
                                 cache_dir=cache, draft=args.draft)
     for shard, (table, error) in zip(shards, hashed):
         if error:
             shard_errors[shard] = error
         features = embed.shard_features(shard, encoder, cache) if encoder is not None else None
-        shard_decisions = match_shard(table, shard, eval_index, args.threshold, args.border_hash, features,
-                                      args.embed_threshold)
+        shard_decisions = match_shard(table, shard, eval_index, args.thresholds, features, args.embed_threshold)
         reasons = drop_reasons(table, shard_decisions)
         uids = dict(zip(table["key"].to_pylist(), table["uid"].to_pylist()))
         decisions += shard_decisions
         dropped += [{"uid": uids[k], "key": k, "shard": shard, "reason": r} for k, r in sorted(reasons.items())]
         rejected.update(reasons.values())
         read += table.num_rows
+        if writer is None:
+            continue
         for key, members in iter_raw_samples(shard):
             if key in uids and key not in reasons:   # samples past a corrupt tail were never hashed: not copied
                 writer.add(members, sample_meta(key, members, shard))
-    out_shards = writer.finish()
-    kept = sum(s["samples"] for s in out_shards)
-
-    by_sample = collections.defaultdict(list)
-    for d in decisions:
-        by_sample[(d["shard"], d["key"])].append(d)
-    per_signal = collections.Counter(signal_of_sample(ds) for ds in by_sample.values())
+    out_shards = writer.finish() if writer else None
+    kept = read - sum(rejected.values())
     embedding_settings = {"embed_checkpoint": None}
     if encoder is not None:
         embedding_settings = {"embed_checkpoint": encoder.path, "embed_checkpoint_sha256": encoder.sha256,
@@ -374,7 +415,8 @@ def run(argv: list[str] | None = None) -> dict:
     pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), os.path.join(args.out, "dropped.parquet"))
     return write_manifest(
         args.out, stage=STAGE,
-        settings={"threshold": args.threshold, "border_hash": args.border_hash, "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
+        settings={"threshold": max(args.thresholds.values(), default=None), "thresholds": args.thresholds,
+                  "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
                   "hash": f"imagehash.phash 64-bit v{phash.HASH_VERSION}", "samples_per_shard": args.samples_per_shard,
                   "workers": args.workers, "index": type(eval_index.index).__name__, "out_shards": args.out_shards,
                   **embedding_settings},
@@ -384,7 +426,7 @@ def run(argv: list[str] | None = None) -> dict:
         wall_time_s=time.time() - started,
         extra={"eval_sets": eval_summary(eval_sets, eval_tables, decisions),
                "dropped_per_eval_set": dropped_per_set(eval_sets, decisions),
-               "dropped_per_signal": {k: per_signal[k] for k in (PHASH, EMBEDDING, BOTH)},
+               "dropped_per_signal": dropped_per_signal(decisions),
                "shard_errors": shard_errors, "out_shards": out_shards})
 
 
@@ -406,11 +448,26 @@ def eval_summary(eval_sets: list[EvalSet], tables: dict[str, pa.Table], decision
 
 
 def dropped_per_set(eval_sets: list[EvalSet], decisions: list[dict]) -> dict:
-    """Per eval set: how many training samples it caused to drop, and their uids (a sample may count in several)."""
+    """Per eval set: how many training samples it caused to drop, their uids (a sample may count in several sets),
+    and how many by each signal (the signal of the sample's nearest image of that set)."""
     uids = collections.defaultdict(set)
+    by_sample = collections.defaultdict(list)
     for d in decisions:
         uids[d["eval_set"]].add(d["uid"])
-    return {s.name: {"samples": len(uids[s.name]), "uids": sorted(uids[s.name])} for s in eval_sets}
+        by_sample[(d["eval_set"], d["shard"], d["key"])].append(d)
+    signals = {s.name: collections.Counter() for s in eval_sets}
+    for (name, _, _), ds in by_sample.items():
+        signals[name][signal_of_sample(ds)] += 1
+    return {s.name: {"samples": len(uids[s.name]), "uids": sorted(uids[s.name]),
+                     "per_signal": dict(sorted(signals[s.name].items()))} for s in eval_sets}
+
+
+def dropped_per_signal(decisions: list[dict]) -> dict:
+    """Dropped samples per signal (the signal of the sample's nearest eval image over all sets)."""
+    by_sample = collections.defaultdict(list)
+    for d in decisions:
+        by_sample[(d["shard"], d["key"])].append(d)
+    return dict(sorted(collections.Counter(signal_of_sample(ds) for ds in by_sample.values()).items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -418,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = run(argv)
     c = manifest["counters"]
     log.info("dedup: read %d, kept %d, rejected %s -> %s", c["read"], c["kept"], c["rejected"],
-             manifest["settings"]["out_shards"])
+             manifest["settings"]["out_shards"] or "decisions only (no shards rewritten)")
 
 
 if __name__ == "__main__":

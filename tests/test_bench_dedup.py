@@ -1,0 +1,66 @@
+"""bench/bench_dedup.py's calibration pieces on hand-made numbers and tiny images (the full run is `make bench`)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import bench_dedup as b
+from pipeline.dedup import phash
+from tests.evalfixtures import jpeg_bytes, pattern_image
+
+NEVER = b.NEVER
+
+
+def close_of(source: list[list[int]], other: list[list[int]], negative: list[list[int]]) -> dict:
+    as_array = lambda rows: np.array(rows, dtype=np.uint8)   # noqa: E731
+    return {"source": as_array(source), "other": as_array(other), "negative": as_array(negative)}
+
+
+def test_precision_and_recall_of_the_rule_any_signal_within_its_limit():
+    s = len(b.SIGNALS)
+    row = lambda **d: [d.get(name, NEVER) for name in b.SIGNALS]   # noqa: E731
+    close = close_of(
+        source=[row(phash=4), row(crop=6), row(crop=8), row()],          # positives: to their source
+        other=[row(), row(), row(), row(rotate=2)],                       # ... and to other eval images
+        negative=[row(), row(overlay=8), row(phash=10), row()])           # negatives: to anything
+    limits = np.array([8 if n in ("phash", "overlay", "rotate") else 6 if n == "crop" else -1 for n in b.SIGNALS])
+    r = b.pr_of(close, limits)
+    # TP: positives 0 (phash 4 <= 8) and 1 (crop 6 <= 6); positive 2 misses (crop 8 > 6); positive 3 meets
+    # only another image (FP); negative 1 meets by overlay (FP); negative 2 at 10 bits does not
+    assert (r["tp"], r["fp"], r["recall"], r["precision"]) == (2, 2, 0.5, 0.5)
+    assert b.first_signals(close, limits) == {"phash": 1, "crop": 1}
+    assert b.pr_of(close, np.full(s, -1))["tp"] == 0                     # every signal off: nothing meets
+
+
+def test_tune_keeps_precision_and_prefers_every_edit_covered():
+    row = lambda **d: [d.get(name, NEVER) for name in b.SIGNALS]   # noqa: E731
+    # edit "hflip": found only by flip at 6; a negative sits at crop 4: crops must stay below 4 or go off
+    close = {"hflip": close_of([row(flip=6), row(flip=6)], [row(), row()], [row(crop=4), row()]),
+             "crop_10pct": close_of([row(crop=2), row(crop=2)], [row(), row()], [row(), row()])}
+    thresholds, result = b.tune(close)
+    assert thresholds["flip"] >= 6 and thresholds["crop"] == 2 and result["pooled"]["precision"] == 1.0
+    assert result["pooled"]["recall"] == 1.0
+
+
+def test_signal_distances_are_the_smallest_over_the_signals_pairs():
+    variants = np.array([phash.variant_hashes(phash.grey_pixels(pattern_image(s, 32))) for s in (1, 2)],
+                        dtype=np.uint64)
+    mirrored = jpeg_bytes(pattern_image(1).transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((256, 256)))
+    signature = phash.image_hashes(mirrored)[0]
+    d = b.signal_distances([signature], variants)
+    flip = b.SIGNALS.index("flip")
+    # by hand: the plain hash against image 1's mirrored pHash (variant 1)
+    assert d[0, flip, 0] == phash.hamming(signature[0], int(variants[0, 1]))
+    if signature[1] is None:   # no frame found: the frame signal cannot see this copy
+        assert d[0, b.SIGNALS.index("frame"), 0] == NEVER
+
+
+@pytest.mark.parametrize("name", sorted(b.EDITS))
+def test_every_edit_makes_a_decodable_copy(name):
+    copy = b.web_copy(name, 3, jpeg_bytes(pattern_image(5, 32)))
+    with Image.open(io.BytesIO(copy)) as im:
+        assert im.format == "JPEG" and im.size == ((32, 32) if name == "recompress_q20" else (256, 256))
