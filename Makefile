@@ -50,10 +50,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# torch pinned on the same command line: pip takes the CPU build on disk instead of a CUDA one
-	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev,cluster]"
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install the project with its dev extras (fast when done)
+setup: $(STAMP)  ## create .venv and install the project with its dev and cluster extras (fast when done)
 
 test: setup sample-data  ## run the whole test suite (fetches the sample data first: the tokenizer needs it)
 	$(PY) -m pytest -q
