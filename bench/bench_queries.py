@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 from bench.report import machine, machine_line, save_results, update_section
-from pipeline import queries as Q
-from pipeline import wikicore, wikidump, wikitext
-from pipeline.beamio import bucket_of
+from pipeline.queries import stage as Q
+from pipeline.queries import wikicore, wikidump, wikitext
+from pipeline.common.beamio import bucket_of
 
 TARGET = 0.5  # DESIGN.md: the stage at >= 0.5x bzcat's rate per core
 

@@ -1,6 +1,6 @@
 """Benchmark of stage 4 (`shards`) and `stats`: images/s through our stage next to bare img2dataset.
 
-A loopback image server (pipeline/imageserver.py) serves a few thousand real images: the CIFAR-10 test JPEGs
+A loopback image server (demo/imageserver.py) serves a few thousand real images: the CIFAR-10 test JPEGs
 from `--data/cifar10-test-jpg.tar.gz` when `--data` is given, else crops of the sample photos
 (`data/sample/photos`, from `make sample-data`), else generated pictures. In the same run, on the same
 URLs and the same img2dataset settings (`pipeline.shards.download_settings`), it measures:
@@ -37,9 +37,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from bench.report import machine, machine_line, save_results, update_section
-from pipeline import shards, stats
-from pipeline.records import uid_of
-from pipeline.imageserver import ImageServer, make_jpeg
+from pipeline.shards import stage as shards
+from pipeline import stats
+from pipeline.common.records import uid_of
+from demo.imageserver import ImageServer, make_jpeg
 
 TARGET = 0.9  # DESIGN.md: >= 0.9x bare img2dataset
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Benchmark of the trainer: loader samples/s per core next to raw tar reading, and training samples/s.
 
 Measured in one run, on the same shards (given with --shards, or generated: smooth-noise JPEGs with random
-captions, `train/synthetic.py`, so no file from outside the repository is needed):
+captions, `demo/synthetic.py`, so no file from outside the repository is needed):
   - raw tar:   read every member's bytes with `tarfile` (the reference: I/O + tar parsing, one core);
   - + decode:  the same plus a full PIL decode to RGB (the reference the design names);
   - loader:    train/data.py's pipeline in-process (tar -> shuffle -> decode + random resized crop ->
@@ -37,7 +37,7 @@ from bench.report import RESULTS, machine, machine_line, save_results, update_se
 from train import config as config_lib
 from train import train as trainer
 from train.data import expand_shards, make_loader, make_pipeline
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SAMPLES_PER_GPU = 1_500   # DESIGN.md: ViT-B/32 bf16 per H100
@@ -180,7 +180,7 @@ def loader_rows(r: dict) -> str:
 def markdown(results: dict) -> str:
     parts = ["## Training (`python -m bench.bench_train`)", "",
              f"Machine: {machine_line(results['machine'])}. Shards: generated smooth-noise JPEGs with random captions "
-             "(`train/synthetic.py`) unless stated. Per core = per CPU-second used by the process."]
+             "(`demo/synthetic.py`) unless stated. Per core = per CPU-second used by the process."]
     if "cpu_loader" in results:
         t = results["cpu_train"]
         parts += ["", f"### CPU: loader ({results['cpu_loader']['image_size']} px output)", "",

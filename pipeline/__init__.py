@@ -1,3 +1,4 @@
-"""Beam pipelines and their pure cores, one module per stage (see DESIGN.md, "Stages")."""
+"""Beam pipelines and their pure cores: a module or subpackage per stage, shared pieces in `pipeline.common`
+(see DESIGN.md, "Stages", and README, "Layout")."""
 
 __version__ = "0.1.0"

@@ -48,10 +48,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import beamio, matchcore, pool
-from pipeline.beamrun import counter, pipeline_options, read_counters
-from pipeline.manifest import write_json_atomic, write_manifest
-from pipeline.records import MATCHED_COLUMNS, text_lines
+from pipeline.common import beamio, matchcore
+from pipeline.common.beamrun import counter, pipeline_options, read_counters
+from pipeline.common.manifest import write_json_atomic, write_manifest
+from pipeline.common.records import MATCHED_COLUMNS, text_lines
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
@@ -407,7 +407,7 @@ def matched_files(matched: str) -> tuple[list[str], str]:
     if not parts:
         raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
     paths = [fs.unstrip_protocol(p) if "://" in matched else p for p in parts]
-    pool.check_pool_files(paths, pool.PoolSpec("parquet", "url", "caption", keep_cols=("uid", "query_ids")))
+    beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
         with fsspec.open(counts_path, "rt", encoding="utf-8") as f:

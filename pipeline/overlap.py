@@ -26,7 +26,7 @@ images within 8 bits, 5 nearest).
 Predictions file (written by the trainer's zero-shot eval, `train/zeroshot.py`): JSON Lines, one line per
 eval image,
     {"eval_set": "cifar10", "image_id": "cat/0001.jpg", "label": 3, "pred": 5, "correct": false}
-`eval_set` is the NAME of `--eval NAME=PATH`; `image_id` is the id `pipeline/evalsets.py` gives the image
+`eval_set` is the NAME of `--eval NAME=PATH`; `image_id` is the id `pipeline/common/evalsets.py` gives the image
 (path relative to an ImageFolder root, the sample key of a WebDataset set, `row<i>` of a CSV); `correct`
 may be left out, and is then `label == pred`. Images without a prediction are left out of the accuracies
 (and counted); predictions for unknown images are counted and ignored.
@@ -48,10 +48,10 @@ import fsspec
 import pyarrow.parquet as pq
 from scipy import stats as scipy_stats
 
-from pipeline import rawtar
-from pipeline.dedup import iter_raw_samples, open_eval_sets
-from pipeline.evalsets import EvalSet, EvalSetError, iter_eval_images
-from pipeline.manifest import write_json_atomic, write_manifest
+from pipeline.common import rawtar
+from pipeline.common.evalsets import EvalSet, EvalSetError, iter_eval_images, open_eval_sets
+from pipeline.common.rawtar import iter_raw_samples
+from pipeline.common.manifest import write_json_atomic, write_manifest
 
 log = logging.getLogger(__name__)
 

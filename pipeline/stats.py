@@ -7,7 +7,7 @@ Out: `<out>/stats.json`, `<out>/stats.md`, and PNG plots (`captions.png`, `image
 Run: `python -m pipeline.stats --shards shards/NAME --out reports/stats [--queries Q.tsv] [--max-samples N]`
 
 Decisions
-- Shards are read with `pipeline.rawtar` (a streaming tar reader), not with webdataset: a report must say *which* shard is
+- Shards are read with `pipeline.common.rawtar` (a streaming tar reader), not with webdataset: a report must say *which* shard is
   empty or truncated and how many samples it held before the break, and must go on to the next shard.
   webdataset's handlers can skip a broken shard but do not tell which one or where it broke. Members are
   grouped into samples by key (the name up to its first dot), as webdataset does.
@@ -15,7 +15,7 @@ Decisions
   sizes (exact mean, quantiles to within a bin), one counter per query id, and a seeded reservoir of
   `CONTACT_SHEET_SAMPLES` samples for the contact sheet (Algorithm R, reproducible).
 - Download outcome comes from img2dataset's `NNNNN_stats.json` files; their error messages are grouped
-  with `pipeline.shards.failure_reason`, the same grouping as the manifest of `shards`.
+  with `pipeline.common.downloads.failure_reason`, the same grouping as the manifest of `shards`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 import fsspec
 from tqdm import tqdm
 
-from pipeline import rawtar
-from pipeline.manifest import write_json_atomic
-from pipeline.records import QueryListError, load_query_list
-from pipeline.shards import expand_files, failure_reason
+from pipeline.common import rawtar
+from pipeline.common.downloads import failure_reason
+from pipeline.common.files import expand_files
+from pipeline.common.manifest import write_json_atomic
+from pipeline.common.records import QueryListError, load_query_list
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def parse_json(raw: bytes | None) -> dict:
 def iter_tar_samples(fileobj) -> Iterator[dict[str, bytes]]:
     """Samples ('__key__' and ext -> bytes) of a seekable tar file, grouping consecutive members by key.
 
-    Read with `pipeline.rawtar` (img2dataset's per-file PAX headers on its fast path). Raises
+    Read with `pipeline.common.rawtar` (img2dataset's per-file PAX headers on its fast path). Raises
     tarfile.ReadError if the archive is cut anywhere, end-of-archive block included, after yielding the
     sample whose members were read before the break.
     """

@@ -2,11 +2,11 @@
 
 import pytest
 
-from pipeline.imageserver import ImageServer
+from demo.imageserver import ImageServer
 
 
 @pytest.fixture
 def image_server():
-    """A loopback-only HTTP server (pipeline/imageserver.py), stopped when the test ends."""
+    """A loopback-only HTTP server (demo/imageserver.py), stopped when the test ends."""
     with ImageServer() as server:
         yield server

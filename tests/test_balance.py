@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import balance
-from pipeline.records import matched_schema, uid_of
+from pipeline.common.records import matched_schema, uid_of
 
 FAST = ["--runner=FnApiRunner"]
 
@@ -237,11 +237,18 @@ def test_run_end_to_end(tmp_path, mode):
     (["--matched", "{tmp}/nothing"], "no part-*.parquet"),
     (["--matched", "{tmp}/matched", "--t", "0"], "--t"),
     (["--matched", "{tmp}/no-counts"], "query_counts.tsv: missing"),
+    (["--matched", "{tmp}/corrupt"], "not a readable parquet file"),
+    (["--matched", "{tmp}/no-ids"], "no column 'query_ids'"),
 ])
 def test_run_bad_input_is_one_clear_error(tmp_path, argv, message):
     write_matched(tmp_path / "matched", random_pairs(5, 3), n_entries=3)
     write_matched(tmp_path / "no-counts", random_pairs(5, 3), n_entries=3)
     (tmp_path / "no-counts" / "query_counts.tsv").unlink()
+    write_matched(tmp_path / "corrupt", random_pairs(5, 3), n_entries=3)
+    next((tmp_path / "corrupt").glob("part-*.parquet")).write_bytes(b"not a parquet file")
+    write_matched(tmp_path / "no-ids", random_pairs(5, 3), n_entries=3)
+    part = next((tmp_path / "no-ids").glob("part-*.parquet"))
+    pq.write_table(pq.read_table(part).drop_columns(["query_ids"]), part)
     with pytest.raises(SystemExit) as exc:
         balance.run([a.format(tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out"), *FAST])
     assert str(exc.value).startswith("balance: ") and message in str(exc.value)

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import dedup, embed, mih, overlap, phash
+from pipeline.dedup import embed, mih, phash
+from pipeline.dedup import stage as dedup
+from pipeline import overlap
 from tests.evalfixtures import (
     EVAL_SEEDS,
     PLANTED,
@@ -286,7 +288,7 @@ BORDER_AND_CROP = {"u_border": (2, bordered), "u_crop": (4, cropped)}   # key ->
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A tiny CLIP trained for 5 CPU steps on generated shapes (a few seconds): an encoder of ours, not a good one."""
     from train import train
-    from train.synthetic import write_shards
+    from demo.synthetic import write_shards
     root = tmp_path_factory.mktemp("tiny")
     write_shards(root / "shapes", "shapes", shards=1, per_shard=64, image_size=32, seed=1)
     config = str(Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny.json")

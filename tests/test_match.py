@@ -18,10 +18,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import beamio, lid, match, pool
-from pipeline.records import (QueryListError, load_query_list, matched_schema, parse_query_list, text_lines, uid_of,
+from pipeline.common import beamio
+from pipeline.match import lid, pool
+from pipeline.match import stage as match
+from pipeline.common.records import (QueryListError, load_query_list, matched_schema, parse_query_list, text_lines, uid_of,
                               uids_of)
-from pipeline.text import normalize_entry, spacing
+from pipeline.common.text import normalize_entry, spacing
 
 FAST = ["--runner=FnApiRunner"]
 
@@ -720,7 +722,7 @@ def test_run_byte_identical_on_one_and_two_workers_split_or_whole(tmp_path):
 
 
 def test_run_lid_min_confidence_is_a_setting(tmp_path):
-    # fastText calls this English CC3M caption German with p 0.82 (pipeline/lid.py)
+    # fastText calls this English CC3M caption German with p 0.82 (pipeline/match/lid.py)
     (tmp_path / "p.tsv").write_text("url\tcaption\nhttp://a/1.jpg\ta wolf in a hat .\n"
                                     "http://a/2.jpg\tun loup avec un chapeau\n")
     queries = write_queries(tmp_path / "q.tsv", ["wolf", "loup"])

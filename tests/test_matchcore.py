@@ -1,4 +1,4 @@
-"""The match stage's C core (pipeline/_matchcore.c) equals its Python twins (level 1: pure functions).
+"""The match stage's C core (pipeline/common/_matchcore.c) equals its Python twins (level 1: pure functions).
 
 `check_rows` is held to `match.check_rows_py` (steps 1-3 of the recipe: raw checks, normalisation, URL and length
 filters, MetaCLIP spacing) on rows built from the characters where the two could disagree: every ASCII
@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import balance, beamio, match, records
-from pipeline.text import PUNCT_TO_WRAP
+from pipeline import balance
+from pipeline.common import beamio, records
+from pipeline.match import stage as match
+from pipeline.common.text import PUNCT_TO_WRAP
 
 _matchcore = match._matchcore
 needs_c = pytest.mark.skipif(_matchcore is None, reason="C core not built (see test_match_core_is_built)")
@@ -55,7 +57,7 @@ bounds_strategy = st.tuples(st.integers(0, 8), st.sampled_from([3, 10, 30, 2000]
 def test_match_core_is_built():
     # Never skipped: `pip install -e .` (make setup) builds the extension wherever gcc and the Python headers
     # exist; without it the stage still works, on the Python twins (several times the CPU per row).
-    assert _matchcore is not None, "pipeline._matchcore not built: pip install -e . with a C compiler"
+    assert _matchcore is not None, "pipeline.common._matchcore not built: pip install -e . with a C compiler"
     assert records._c_uids is not None and beamio._c_buckets is not None
 
 
@@ -166,7 +168,7 @@ def test_buckets_refuse_bad_input():
 
 def test_stage_functions_without_the_c_core(monkeypatch):
     # Where the extension is not built, judge_batch and the bucket parts run on the Python twins: same results.
-    from pipeline import pool
+    from pipeline.match import pool
     rows = [{"source": f"p:{i}", "url": url, "caption": caption} for i, (url, caption) in enumerate([
         ("http://a/1", "A dog, in New York."), (" http://a/2 ", "new\tyork  at night"), ("ftp://a/3", "a dog"),
         ("http://a/4", "Caf&eacute; in New York!"), ("http://a/5", "nothing here"), ("http://a/6", None)])]

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from pipeline import dedup, overlap
+from pipeline.dedup import stage as dedup
+from pipeline import overlap
 from tests.evalfixtures import make_planted
 
 # ---- statistics, by hand -------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_pct_formats_missing_values():
 
 
 def test_a_training_copy_counts_for_its_nearest_eval_image_only():
-    from pipeline.evalsets import EvalSet
+    from pipeline.common.evalsets import EvalSet
     digits = EvalSet(name="digits", path="-", layout="csv", classnames=("0", "1"))
     ids = {"digits": {"row0": 1, "row1": 1, "row2": 0}}
     decisions = [  # one training sample within the threshold of two eval images, nearest to row1

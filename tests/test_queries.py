@@ -12,9 +12,9 @@ from hypothesis import given, strategies as st
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import queries as Q
-from pipeline import wikicore, wikidump, wikitext
-from pipeline.beamio import bucket_of
+from pipeline.queries import stage as Q
+from pipeline.queries import wikicore, wikidump, wikitext
+from pipeline.common.beamio import bucket_of
 from tests.wikidumps import write_dump, write_multistream
 
 FNAPI = ["--runner=FnApiRunner"]

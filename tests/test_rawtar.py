@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipeline import rawtar
+from pipeline.common import rawtar
 
 
 def tar_bytes(files: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> bytes:

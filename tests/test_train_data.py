@@ -16,7 +16,7 @@ from PIL import Image
 from train.config import DataCfg
 from train.data import (expand_shards, make_loader, make_pipeline, random_resized_crop_box, to_model_input,
                         count_samples)
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
 
 SIZE, CONTEXT = 16, 16
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from train import train, zeroshot
-from train.synthetic import draw_shape, shape_classes, write_shards
+from demo.synthetic import draw_shape, shape_classes, write_shards
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny.json")
 # 32 px, 1 thread (the test machine has 2 busy cores), no loader workers unless a test needs them
@@ -149,7 +149,7 @@ def test_two_rank_gloo_run_with_uneven_shards_finishes(tmp_path):
 
 
 def test_mnist_demo_data_holds_out_every_fifth_row(tmp_path):
-    from train.mnist import write_mnist
+    from demo.mnist import write_mnist
 
     rows = np.zeros((20, 785), dtype=int)
     rows[:, -1] = np.repeat(np.arange(10), 2)

@@ -1,7 +1,7 @@
 """Stage 1's C counting core gives exactly the counts of the Python reference (level 1: pure functions).
 
 The reference is `wikicore.PySplitCounter` (`wikitext.strip_wiki_markup` + `text.tokenize` + Counters); the
-C core (`pipeline/_wikicore.c`) is compared with it on every page of a synthetic dump, on the markup
+C core (`pipeline/queries/_wikicore.c`) is compared with it on every page of a synthetic dump, on the markup
 samples of test_wikitext.py, and on random wikitext built from markup fragments (Hypothesis).
 `python -m bench.bench_queries` runs the same comparison on the real Wikipedia excerpt.
 """
@@ -11,8 +11,8 @@ import inspect
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline import wikicore, wikidump, wikitext
-from pipeline.beamio import bucket_of
+from pipeline.queries import wikicore, wikidump, wikitext
+from pipeline.common.beamio import bucket_of
 from tests import test_queries, test_wikitext
 from tests.wikidumps import page_xml, write_multistream
 
@@ -22,7 +22,7 @@ needs_c = pytest.mark.skipif(wikicore._wikicore is None, reason="C core not buil
 def test_c_core_is_built():
     # Never skipped: `pip install -e .` builds the extension wherever gcc and the Python headers exist (CI
     # has both); without it the stage still works, on the ~5x slower Python path.
-    assert wikicore._wikicore is not None, "pipeline._wikicore not built: pip install -e . with a C compiler"
+    assert wikicore._wikicore is not None, "pipeline.queries._wikicore not built: pip install -e . with a C compiler"
 
 
 def counts(backend: str, pages: list[str]) -> tuple[list[int], tuple, list]:

@@ -3,8 +3,8 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from pipeline import wikitext as W
-from pipeline.text import is_query_token, tokenize
+from pipeline.queries import wikitext as W
+from pipeline.common.text import is_query_token, tokenize
 
 
 def strip(s: str) -> str:

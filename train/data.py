@@ -37,7 +37,6 @@ dependency: it does not install beside this torch build).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -55,6 +54,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.common.images import DECODE_ERRORS, open_rgb
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 
@@ -64,8 +64,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)   # open_clip constants.OPENAI_DATASET_STD
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")          # img2dataset's output formats
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
-# Exceptions a corrupt sample raises while decoding (PIL signals some broken headers with SyntaxError).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def seed_of(*parts) -> int:
@@ -194,13 +192,6 @@ def sample_image_and_caption(sample: dict) -> tuple[bytes, str]:
 
 # ---- images ------------------------------------------------------------------------------------------------
 
-def open_rgb(data: bytes, min_side: int) -> Image.Image:
-    """Decode to RGB; JPEGs decode at a reduced DCT scale when they are much larger than needed."""
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (min_side, min_side))   # JPEG only: both sides stay >= min_side
-    return image.convert("RGB")
-
-
 def random_resized_crop_box(width: int, height: int, scale, rng: random.Random) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params (10 tries, then a centre crop), as a PIL box."""
     area = width * height
@@ -228,16 +219,6 @@ def train_transform(data: bytes, size: int, scale, rng: random.Random) -> np.nda
     image = open_rgb(data, math.ceil(size / 0.8))
     box = random_resized_crop_box(*image.size, scale, rng)
     return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
-
-
-def eval_transform(image: Image.Image, size: int) -> np.ndarray:
-    """open_clip's eval preprocessing: resize the shorter side to `size` (bicubic), centre crop."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Zero-shot evaluation of a trained checkpoint: classification with prompts, and image-text retrieval.
 
 Stage: `train` (`make eval`). In: a checkpoint (`runs/NAME/ckpt_latest.pt`); eval sets as `--eval-set
-[NAME=]PATH` in any layout `pipeline/evalsets.py` reads (ImageFolder `root/<class>/*.jpg`, WebDataset eval
+[NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder `root/<class>/*.jpg`, WebDataset eval
 shards with `.cls` labels, an MNIST-style CSV such as `mnist_5k.csv.gz`), with their class names from
 `--classnames`, a side file, or the folder names (a CSV without names gets the digits "0".."9");
 optionally held-out pair shards for retrieval. Out, beside the checkpoint: `zeroshot_<NAME>.json` (metrics)
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.evalsets import EvalSet, classname_candidates, iter_eval_images, layout_of, open_eval_set, parse_eval_spec
+from pipeline.common.evalsets import EvalSet, classname_candidates, iter_eval_images, layout_of, open_eval_set, parse_eval_spec
+from pipeline.common.images import DECODE_ERRORS, eval_transform, open_rgb
 from train import config as config_lib
-from train.data import (DECODE_ERRORS, SkipCounter, eval_transform, expand_shards, open_rgb, sample_image_and_caption,
-                        tar_to_samples, to_model_input)
+from train.data import SkipCounter, expand_shards, sample_image_and_caption, tar_to_samples, to_model_input
 from train.model import CLIP
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 from train.train import load_checkpoint
@@ -52,7 +52,7 @@ TEMPLATES = {
 def load_model(checkpoint: str | Path, device="cpu") -> tuple[CLIP, config_lib.TrainConfig, dict]:
     """(model in eval mode on `device`, its config, the raw checkpoint) from a train/train.py checkpoint.
 
-    Also the image encoder of `dedup`'s embedding signal (pipeline/embed.py). Raises what torch.load and
+    Also the image encoder of `dedup`'s embedding signal (pipeline/dedup/embed.py). Raises what torch.load and
     load_state_dict raise on a file that is not such a checkpoint (callers turn that into one clear line).
     """
     ckpt = load_checkpoint(checkpoint)
@@ -65,7 +65,7 @@ def load_model(checkpoint: str | Path, device="cpu") -> tuple[CLIP, config_lib.T
 # ---- eval sets ---------------------------------------------------------------------------------------------
 
 def read_eval_set(spec: str, classnames: str | None) -> tuple[EvalSet, list[str], np.ndarray, list[bytes]]:
-    """`[NAME=]PATH` -> (the set, image ids, labels, encoded images), through pipeline/evalsets.py."""
+    """`[NAME=]PATH` -> (the set, image ids, labels, encoded images), through pipeline/common/evalsets.py."""
     name, path = parse_eval_spec(spec) if "=" in spec else (Path(spec.rstrip("/")).name.split(".")[0], spec)
     if classnames is None and layout_of(path) == "csv" and not any(Path(c).is_file() for c in classname_candidates(path)):
         classnames = ",".join(str(d) for d in range(10))   # the CSV layout is MNIST's: digits 0-9

@@ -1,0 +1,241 @@
+"""Evaluation-set readers shared by `dedup` (stage 5) and `overlap` (its report).
+
+An eval set is a list of labelled images plus class names (and optionally prompt templates). Three
+layouts are read, each yielding `(image_id, label, encoded image bytes)` in a fixed order:
+
+- ImageFolder (torchvision's convention): `<root>/<class>/*.jpg|png|...`; labels are the sorted class
+  folders' indices, `image_id` is the path relative to root (`cat/0001.jpg`), as `train.zeroshot` names it.
+- WebDataset eval shards as CLIP_benchmark stores its sets: a `.tar`/`.tgz`/`.tar.gz` file, a folder of
+  them, or a brace pattern; per sample `KEY.{jpg,jpeg,png,webp}` + `KEY.cls` (integer label); `image_id`
+  is KEY.
+- MNIST-style CSV (`.csv` or `.csv.gz`, e.g. the `mnist_5k.csv.gz` of `make sample-data`): one row per image,
+  784 pixel values (28x28, 0..255) then the label, no header; `image_id` is `row<i>` (as `train.zeroshot`).
+  The pixels are encoded to PNG so every reader hands out the same thing.
+
+Class names (and templates) come from `--classnames NAME=FILE|a,b,c`, else from a side file found next to
+the set: `classnames.{json,yaml,yml,txt}` inside a folder set, or `<stem>.classnames.{...}` /
+`classnames.{...}` beside a file set. JSON/YAML hold a list of names or `{"classnames": [...],
+"templates": [...]}`; TXT holds one name per line. An ImageFolder without a side file uses its folder
+names (the convention says they are the class names). A set with no images, an unreadable layout, or a
+CSV/WebDataset set without class names raises `EvalSetError` with one line saying what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from pipeline.common import rawtar
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+CLASSNAME_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
+MNIST_SIDE = 28  # MNIST images are 28x28 grey (LeCun et al. 1998)
+
+
+class EvalSetError(ValueError):
+    """An eval set cannot be used as given; the message says which set and what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    name: str
+    path: str
+    layout: str                    # "imagefolder" | "webdataset" | "csv"
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...] = ()
+
+
+def parse_eval_spec(spec: str) -> tuple[str, str]:
+    """'NAME=PATH' -> (name, path); EvalSetError if either side is empty."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise EvalSetError(f"--eval {spec!r}: expected NAME=PATH, e.g. cifar10=data/cifar10/test")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise EvalSetError(f"--eval {spec!r}: NAME may hold letters, digits, '_', '.' and '-' only")
+    return name, path
+
+
+def layout_of(path: str) -> str:
+    """Which reader a path needs, from its shape; EvalSetError if none fits or it does not exist."""
+    if path.endswith(CSV_SUFFIXES):
+        return "csv"
+    if path.endswith(TAR_SUFFIXES) or "{" in path:
+        return "webdataset"
+    if os.path.isdir(path):
+        return "webdataset" if any(p.endswith(TAR_SUFFIXES) for p in os.listdir(path)) else "imagefolder"
+    raise EvalSetError(f"{path}: no such eval set (expected a class-folder directory, .tar/.tgz shards or a .csv(.gz))")
+
+
+def classname_candidates(path: str) -> list[str]:
+    """Side files that may hold a set's class names, most specific first."""
+    p = Path(path.split("{")[0]) if "{" in path else Path(path)
+    if p.is_dir():
+        return [str(p / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
+    stem = p.name
+    for suffix in TAR_SUFFIXES + CSV_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return [str(p.parent / f"{stem}.classnames{s}") for s in CLASSNAME_SUFFIXES] + \
+           [str(p.parent / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
+
+
+def load_classnames(path: str) -> tuple[list[str], list[str]]:
+    """(class names, templates) from a JSON/YAML/TXT file; EvalSetError if missing or malformed."""
+    if not os.path.isfile(path):
+        raise EvalSetError(f"class-name file {path} not found")
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".txt"):
+        return [line.strip() for line in text.splitlines() if line.strip()], []
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise EvalSetError(f"{path}: not valid {Path(path).suffix[1:].upper()}: {e}") from None
+    if isinstance(data, dict):
+        names, templates = data.get("classnames"), data.get("templates", [])
+    else:
+        names, templates = data, []
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise EvalSetError(f"{path}: expected a list of class names or {{\"classnames\": [...], \"templates\": [...]}}")
+    return names, list(templates or [])
+
+
+def resolve_classnames(path: str, layout: str, given: str | None) -> tuple[list[str], list[str]]:
+    """Class names from the flag (file or comma list), else a side file, else ImageFolder folder names."""
+    if given:
+        if os.path.isfile(given) or "," not in given:
+            return load_classnames(given)
+        return [n.strip() for n in given.split(",")], []
+    for candidate in classname_candidates(path):
+        if os.path.isfile(candidate):
+            return load_classnames(candidate)
+    if layout == "imagefolder":
+        return [c.replace("_", " ") for c in imagefolder_classes(path)], []
+    raise EvalSetError(f"{path}: no class-name file (looked for {', '.join(classname_candidates(path)[:2])}, ...); "
+                       "write one or pass --classnames NAME=FILE|a,b,c")
+
+
+def open_eval_set(name: str, path: str, classnames: str | None = None) -> EvalSet:
+    """Describe an eval set: its layout and class names (the images are read lazily by `iter_eval_images`)."""
+    layout = layout_of(path)
+    names, templates = resolve_classnames(path, layout, classnames)
+    return EvalSet(name=name, path=path, layout=layout, classnames=tuple(names), templates=tuple(templates))
+
+
+def imagefolder_classes(root: str) -> list[str]:
+    return sorted(d.name for d in Path(root).iterdir() if d.is_dir())
+
+
+def iter_imagefolder(root: str) -> Iterator[tuple[str, int, bytes]]:
+    for label, cls in enumerate(imagefolder_classes(root)):
+        for f in sorted((Path(root) / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                yield f"{cls}/{f.name}", label, f.read_bytes()
+
+
+def tar_paths(path: str) -> list[str]:
+    """The tar files of a WebDataset set: one file, every tar in a folder, or a brace pattern."""
+    if "{" in path:
+        import braceexpand  # webdataset's dependency, always installed alongside it
+        return [p for p in braceexpand.braceexpand(path)]
+    if os.path.isdir(path):
+        return sorted(p for p in glob.glob(os.path.join(path, "*")) if p.endswith(TAR_SUFFIXES))
+    return [path]
+
+
+def iter_webdataset(path: str) -> Iterator[tuple[str, int, bytes]]:
+    for tar_path in tar_paths(path):
+        opener = gzip.open if tar_path.endswith((".tgz", ".gz")) else open
+        try:
+            with opener(tar_path, "rb") as f:
+                samples = [(key, {rawtar.extension(m): m.data for m in members})
+                           for key, members in rawtar.group_by_key(rawtar.iter_members(f))]
+        except (OSError, tarfile.TarError, EOFError) as e:
+            raise EvalSetError(f"{tar_path}: unreadable eval shard: {e}") from None
+        for key, sample in samples:
+            image = next((sample[e] for e in ("jpg", "jpeg", "png", "webp") if e in sample), None)
+            if image is None or "cls" not in sample:
+                continue  # not an image sample (e.g. a __meta__ entry)
+            try:
+                label = int(sample["cls"].decode().strip())
+            except (UnicodeDecodeError, ValueError):
+                raise EvalSetError(f"{tar_path}: sample {key}: .cls is not an integer label") from None
+            yield key, label, image
+
+
+def iter_csv(path: str) -> Iterator[tuple[str, int, bytes]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                values = np.array(line.split(","), dtype=np.float32)
+            except ValueError:
+                raise EvalSetError(f"{path}:{i + 1}: not numbers (expected 784 pixels then the label)") from None
+            if values.size != MNIST_SIDE * MNIST_SIDE + 1:
+                raise EvalSetError(f"{path}:{i + 1}: {values.size} columns, expected 785 (784 pixels then the label)")
+            pixels = values[:-1].clip(0, 255).astype(np.uint8).reshape(MNIST_SIDE, MNIST_SIDE)
+            buf = io.BytesIO()
+            Image.fromarray(pixels, "L").save(buf, "PNG")
+            yield f"row{i}", int(values[-1]), buf.getvalue()
+
+
+READERS = {"imagefolder": iter_imagefolder, "webdataset": iter_webdataset, "csv": iter_csv}
+
+
+def iter_eval_images(eval_set: EvalSet) -> Iterator[tuple[str, int, bytes]]:
+    """(image_id, label, image bytes) for every image of the set; EvalSetError if empty or a label has no name."""
+    n = 0
+    for image_id, label, data in READERS[eval_set.layout](eval_set.path):
+        if not 0 <= label < len(eval_set.classnames):
+            raise EvalSetError(f"{eval_set.name}: image {image_id} has label {label}, but there are "
+                               f"{len(eval_set.classnames)} class names")
+        n += 1
+        yield image_id, label, data
+    if n == 0:
+        raise EvalSetError(f"{eval_set.name}: no images in {eval_set.path}")
+
+
+def eval_set_signature(eval_set: EvalSet) -> str:
+    """A short digest of the set's files (paths, sizes, mtimes): the key of its hash cache."""
+    if eval_set.layout == "imagefolder":
+        files = sorted(p for p in Path(eval_set.path).rglob("*") if p.is_file())
+    else:
+        files = [Path(p) for p in tar_paths(eval_set.path)] if eval_set.layout == "webdataset" else [Path(eval_set.path)]
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def open_eval_sets(specs: list[str], classnames: list[str]) -> list[EvalSet]:
+    """EvalSets from NAME=PATH flags; EvalSetError on a bad spec, a duplicate name or missing class names."""
+    names = dict(parse_eval_spec(c) for c in classnames)
+    sets, seen = [], set()
+    for spec in specs:
+        name, path = parse_eval_spec(spec)
+        if name in seen:
+            raise EvalSetError(f"eval set name {name!r} given twice")
+        seen.add(name)
+        sets.append(open_eval_set(name, path, names.get(name)))
+    unknown = set(names) - seen
+    if unknown:
+        raise EvalSetError(f"--classnames for unknown eval set(s): {', '.join(sorted(unknown))}")
+    return sets

@@ -1,0 +1,6 @@
+"""Stage 2, `match`: the candidate pool's captions that contain a query (stage.py), with the pool reader (pool)
+and the language filter (lid, _lidcore.c).
+
+The stage's public names are re-exported here: `from pipeline import match; match.run(...)`."""
+
+from pipeline.match.stage import *  # noqa: F401,F403

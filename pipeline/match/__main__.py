@@ -1,0 +1,5 @@
+"""`python -m pipeline.match`: run the stage."""
+
+from pipeline.match.stage import main
+
+main()

