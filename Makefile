@@ -161,6 +161,7 @@ $(DEMO)/report.done: reports/demo/stats/stats.json runs/demo/zeroshot.json
 DATA ?= $(wildcard ../shared/data)
 
 bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA= folder of larger real inputs)
+	$(PY) -m bench.bench_queries_scale
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
 	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
 	$(if $(DATA),$(PY) -m bench.bench_lid --data $(DATA),@echo "bench: LID benchmark skipped: it needs DATA= with the CC3M/LAION captions")

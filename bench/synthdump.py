@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import wikicore, wikidump, wikitext
-from pipeline.text import is_query_token
+from pipeline.queries import wikicore, wikidump, wikitext
+from pipeline.common.text import is_query_token
 
 PARTNERS = 4           # fixed partners per word: a word's collocations
 WORDS_PER_LINE = 16    # a line break is a '.' token to the counter: bigrams do not span it
@@ -56,8 +56,8 @@ def curve(ranks: np.ndarray, breaks: np.ndarray, points: list[int]) -> list[tupl
     out = []
     for n in points:
         r, b = ranks[:n], breaks[:n]
-        pairs = (r[:-1] << np.int64(31)) ^ r[1:]
-        out.append((n, len(np.unique(r)), len(np.unique(pairs[~b[1:]]))))
+        pairs = np.stack([r[:-1], r[1:]], axis=1)[~b[1:]]
+        out.append((n, len(np.unique(r)), len(np.unique(pairs, axis=0))))
     return out
 
 
@@ -143,7 +143,7 @@ def write_dump(path: Path, tokens: int, m: TextModel, seed: int = 0, chunk_pages
             uniq, inverse = np.unique(ranks, return_inverse=True)   # the tail reaches huge ranks: name only those used
             lines = ranks.reshape(-1, WORDS_PER_LINE)
             words_seen.append(np.unique(ranks))
-            pair_codes.append(np.unique(((lines[:, :-1] << np.int64(31)) ^ lines[:, 1:]).ravel()))
+            pair_codes.append(np.unique(np.stack([lines[:, :-1].ravel(), lines[:, 1:].ravel()], axis=1), axis=0))
             names = np.array([vocab.get(r) or vocab.setdefault(r, word_of(r)) for r in uniq.tolist()], dtype=object)
             words = names[inverse].reshape(n, LINES_PER_PAGE, WORDS_PER_LINE)
             for k in range(n):
@@ -152,4 +152,4 @@ def write_dump(path: Path, tokens: int, m: TextModel, seed: int = 0, chunk_pages
                         f'<text xml:space="preserve">{text}</text></revision></page>\n')
         f.write("</mediawiki>\n")
     return {"pages": pages, "tokens": pages * per_page, "words": len(np.unique(np.concatenate(words_seen))),
-            "bigrams": len(np.unique(np.concatenate(pair_codes)))}
+            "bigrams": len(np.unique(np.concatenate(pair_codes), axis=0))}

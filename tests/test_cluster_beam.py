@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import balance, match, queries
+from pipeline import balance
+from pipeline.match import stage as match
+from pipeline.queries import stage as queries
 from tests.wikidumps import write_dump
 
 pytestmark = pytest.mark.slow

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline import shards
-from pipeline.imageserver import ImageServer, make_jpeg
-from pipeline.netguard import REFUSED_ADDRESS
-from pipeline.records import uid_of
+from pipeline.shards import stage as shards
+from demo.imageserver import ImageServer, make_jpeg
+from pipeline.shards.netguard import REFUSED_ADDRESS
+from pipeline.common.records import uid_of
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.test_train_loss import free_port
-from train.synthetic import write_shards
+from demo.synthetic import write_shards
 
 pytestmark = pytest.mark.slow
 
