@@ -609,14 +609,15 @@ def run(argv: list[str] | None = None) -> dict:
     """Run the stage; returns the manifest. Bad inputs or settings raise SystemExit with one line."""
     args, beam_args = parse_args(argv)
     started = time.time()
+    options = beamrun.pipeline_options(beam_args)
+    FileSystems.set_options(options)   # the checks and writes below run before the pipeline (s3:// needs its options)
     try:
         dumps = wikidump.expand_inputs(args.dump)
         for path in dumps:
             wikidump.check_dump(path)
         splits = [s for path in dumps for s in wikidump.plan_splits(path, args.split_mb << 20)]
         if not args.count_buckets:
-            args.count_buckets = count_buckets_for(
-                [(path, FileSystems.match([path])[0].metadata_list[0].size_in_bytes) for path in dumps])
+            args.count_buckets = count_buckets_for([(path, wikidump.file_size(path)) for path in dumps])
         extra_inputs = _check_wordnet(args.wordnet) if args.wordnet else []
         if args.pageviews:
             extra_inputs += wikidump.expand_inputs([args.pageviews])
@@ -625,7 +626,7 @@ def run(argv: list[str] | None = None) -> dict:
     if not FileSystems.exists(args.out):
         FileSystems.mkdirs(args.out)
 
-    with beam.Pipeline(options=beamrun.pipeline_options(beam_args)) as p:
+    with beam.Pipeline(options=options) as p:
         _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(args)
     result = p.result
     counters = beamrun.read_counters(result, NS)

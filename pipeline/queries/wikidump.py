@@ -75,6 +75,12 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return sorted(dict.fromkeys(paths))
 
 
+def file_size(path: str) -> int:
+    """Bytes of a local or fsspec file."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return fs.size(fs_path)
+
+
 def index_path_for(path: str) -> str | None:
     """The multistream index beside a dump ('...-multistream.xml.bz2' -> '...-multistream-index.txt.bz2')."""
     if not path.endswith("-multistream.xml.bz2"):
