@@ -45,6 +45,16 @@ def rows() -> list[tuple[str, str, float | None, str]]:
     return out, t
 
 
+def gpu_rate(train: dict) -> tuple[float, str]:
+    """ViT-B/32 samples/s per GPU: ours where a GPU run was recorded (bench_train --device cuda or
+    bench/gpu_check.sh), else open_clip's published A100 figure."""
+    measured = train.get("gpu_train", {})
+    if measured.get("samples_per_s"):
+        return measured["samples_per_s"], f"measured on {measured.get('gpu', 'a GPU')} (bench/gpu_check.sh)"
+    return OPEN_CLIP_A100, ("open_clip's published A100 figure, not ours: no GPU has been lent to measure our "
+                            "step (bench/gpu_check.sh is ready)")
+
+
 def main() -> None:
     cpu_rows, train = rows()
     lines = ["## Projection: a full WIT-400M build", "",
@@ -60,11 +70,9 @@ def main() -> None:
                  "shards": DOWNLOADS, "dedup": DOWNLOADS}[stage]
         core_h = units / rate / 3600
         lines.append(f"| {stage} | {work} | {rate:,.1f} {what} | {core_h:,.0f} | {core_h / CORES * 60:,.0f} min |")
-    gpu_rate = (train or {}).get("gpu", {}).get("samples_per_s")
-    rate, source = (gpu_rate, "measured (bench_train --device cuda)") if gpu_rate else (
-        OPEN_CLIP_A100, "open_clip's A100 figure: our GPU rate is not measured yet (no accelerator was lent)")
+    rate, source = gpu_rate(train or {})
     gpu_h = SAMPLES_SEEN / rate / 3600
-    lines.append(f"| train ViT-B/32 | 32 epochs x 400M = {SAMPLES_SEEN / 1e9:.1f}B samples | {rate:,} samples/s per GPU, "
+    lines.append(f"| train ViT-B/32 | 32 epochs x 400M = {SAMPLES_SEEN / 1e9:.1f}B samples | {rate:,.0f} samples/s per GPU, "
                  f"{source} | {gpu_h:,.0f} GPU-hours | {gpu_h / GPUS / 24:,.1f} days |")
     scale = load("queries_scale")
     if scale:

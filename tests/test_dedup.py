@@ -423,7 +423,27 @@ def test_embedding_rerun_equals_once_and_reads_the_cache(planted_border_and_crop
     assert again["counters"]["rejected"] == {}
 
 
-@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a checkpoint", "is not a train/train.py checkpoint")])
+def test_embedding_from_an_open_clip_file_with_embed_model_decides_as_our_checkpoint(planted_border_and_crop,
+                                                                                     tiny_checkpoint):
+    tmp_path, eval_root, shard_dir = planted_border_and_crop
+    import torch
+    ours = torch.load(tiny_checkpoint, weights_only=True)
+    theirs = tmp_path / "epoch_5.pt"        # open_clip's layout: DDP prefixes under "state_dict", no config
+    torch.save({"epoch": 5, "state_dict": {f"module.{k}": v for k, v in ours["model"].items()}}, theirs)
+    vision, text = ours["config"]["model"]["vision"], ours["config"]["model"]["text"]
+    config = tmp_path / "tiny-oc.json"      # open_clip's model config of train/configs/tiny.json
+    config.write_text(json.dumps({"embed_dim": 64, "vision_cfg": {
+        "image_size": vision["image_size"], "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": text["context_length"], "width": 64, "heads": 2, "layers": 2}}))
+    flags = ["--embed-threshold", "0.99", "--no-border-hash"]
+    expected = run_dedup(tmp_path, eval_root, shard_dir, "a", "a_shards", "--embed-checkpoint", tiny_checkpoint, *flags)
+    got = run_dedup(tmp_path, eval_root, shard_dir, "b", "b_shards", "--embed-checkpoint", str(theirs),
+                    "--embed-model", str(config), *flags)
+    assert got["counters"] == expected["counters"] and got["settings"]["embed_model"] == str(config)
+    assert pq.read_table(tmp_path / "b" / "decisions.parquet").equals(pq.read_table(tmp_path / "a" / "decisions.parquet"))
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a checkpoint", "not a readable PyTorch weights file")])
 def test_bad_checkpoint_is_one_clear_error(planted, content, message):
     tmp_path, eval_root, shard_dir = planted
     path = tmp_path / "model.pt"

@@ -106,3 +106,19 @@ def test_unknown_config_keys_are_errors(tmp_path):
     with pytest.raises(ValueError, match="optim"):
         config_lib.load(CONFIGS / "tiny.json", ["optim.learning_rate=0.1"])
     assert config_lib.load(CONFIGS / "tiny.json", ["optim.lr=0.01", "data.resampled=true"]).optim.lr == 0.01
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_attention_equals_multihead_attention_with_the_same_weights(causal):
+    """Our SDPA attention keeps nn.MultiheadAttention's parameters (open_clip's layout) and its result."""
+    from train.model import Attention
+    torch.manual_seed(0)
+    ours, reference = Attention(32, 4), torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    torch.nn.init.normal_(ours.in_proj_weight, std=0.2)
+    torch.nn.init.normal_(ours.in_proj_bias, std=0.2)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 32)
+    mask = torch.triu(torch.full((7, 7), float("-inf")), diagonal=1) if causal else None
+    expected, _ = reference(x, x, x, attn_mask=mask, need_weights=False)
+    assert torch.allclose(ours(x, causal), expected, atol=1e-5)

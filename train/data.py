@@ -11,7 +11,7 @@ worker queues and pinned memory, and the normalisation runs on the GPU.
 
 The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
-  tar to samples -> shuffle buffer -> decode + random resized crop -> batch + tokenize.
+  tar to samples -> shuffle buffer -> decode + random resized crop into the batch's block + tokenize.
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
 
 Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
@@ -30,8 +30,18 @@ skipped and counted per reason with `on_error="skip"`, and raised with `on_error
 
 Augmentation is CLIP's only one: "a random square crop from resized images" (Radford et al. 2021,
 section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's training defaults
-(`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic) using PIL only (torchvision is not a
-dependency: it does not install beside this torch build).
+(`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
+install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
+simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
+uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+
+Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
+BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
+both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
+faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
+tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
+PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
+not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import simplejpeg
 import torch
 import webdataset as wds
 from PIL import Image
@@ -170,19 +181,6 @@ def _pop_random(buffer: list, rng: random.Random):
     return buffer.pop()
 
 
-def decode_samples(samples, image_size: int, crop_scale, seed: int, epoch: int, skips: SkipCounter):
-    """Raw samples -> {"__key__", "image": uint8 (s, s, 3), "caption": str}; corrupt ones go to `skips`."""
-    rng = worker_rng(seed, epoch, "augment")
-    for sample in samples:
-        try:
-            image, caption = sample_image_and_caption(sample)
-            yield {"__key__": sample["__key__"], "image": train_transform(image, image_size, crop_scale, rng),
-                   "caption": caption}
-        except DECODE_ERRORS as exn:
-            exn.args = exn.args + (sample.get("__url__"), sample.get("__key__"))
-            skips.handler(exn)
-
-
 def sample_image_and_caption(sample: dict) -> tuple[bytes, str]:
     image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
     if image is None or "txt" not in sample:
@@ -214,33 +212,122 @@ def random_resized_crop_box(width: int, height: int, scale, rng: random.Random) 
     return left, top, left + w, top + h
 
 
-def train_transform(data: bytes, size: int, scale, rng: random.Random) -> np.ndarray:
+def decode_for_training(data: bytes, min_side: int) -> np.ndarray:
+    """Decode to an RGB uint8 array (h, w, 3), at PIL `draft`'s reduced JPEG scale where the image is large.
+
+    JPEGs decode with simplejpeg (libjpeg-turbo, like PIL's decoder; the RGB pixels are the same as
+    `open_rgb`'s, tested) at PIL's power-of-two scale (1, 1/2, 1/4, 1/8), without PIL's per-image object
+    overhead; anything else (PNG, WebP, CMYK JPEGs) and anything simplejpeg refuses (broken or truncated
+    data) goes through `open_rgb`, so its errors and results are PIL's. The decompression-bomb limit is PIL's.
+    """
+    if simplejpeg.is_jpeg(data):
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            height = width = 0
+        if width * height > 2 * Image.MAX_IMAGE_PIXELS:   # what Image.open raises at
+            raise Image.DecompressionBombError(f"{width} x {height} pixels could be a decompression bomb")
+        # CMYK/YCCK: libjpeg-turbo's conversion to RGB differs from PIL's by a level, so PIL does those
+        if width and height and colorspace in ("YCbCr", "Gray"):
+            scale = draft_scale(width, height, min_side)
+            try:   # asking for at least ceil(side / scale) pixels selects exactly the 1/scale DCT scaling
+                return simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale),
+                                              min_width=-(-width // scale))
+            except ValueError:
+                pass   # PIL decides (warnings simplejpeg treats as errors; truncation: PIL's error)
+    return np.array(open_rgb(data, min_side))   # writable: torch.from_numpy needs it
+
+
+def draft_scale(width: int, height: int, min_side: int) -> int:
+    """The JPEG DCT scale denominator PIL's `draft` picks so that both sides stay >= min_side."""
+    most = min(width // min_side, height // min_side)
+    return next((s for s in (8, 4, 2) if most >= s), 1)
+
+
+def crop_and_resize(pixels: np.ndarray, box: tuple[int, int, int, int], out: torch.Tensor) -> torch.Tensor:
+    """Crop `box` out of (h, w, 3) uint8 pixels and resize it into `out`, uint8 (3, s, s), bicubic, once.
+
+    This is torchvision's `resized_crop` as open_clip's RandomResizedCrop runs it: crop, then resize the
+    crop alone (its edges are the image's edges for the filter). torch's uint8 antialiased bicubic (the
+    kernel torchvision's tensor transforms use) computes PIL's BICUBIC (a = -0.5, support widened by the
+    scale when shrinking) with SIMD code, ~4x faster than PIL here; it stays within 2 levels of PIL's
+    `crop(box).resize(...)` (tested). Our earlier `resize(..., box=box)` let the filter reach pixels outside
+    the crop at its border, so border pixels differ from that path (interior ones by <= 2 levels, tested).
+    The kernel is F.interpolate(..., mode="bicubic", antialias=True)'s, called with `out=` so the result
+    lands in the batch's row without a temporary (tested equal to F.interpolate).
+    """
+    left, top, right, bottom = box
+    crop = torch.from_numpy(pixels[top:bottom, left:right]).permute(2, 0, 1)
+    if crop.shape[1:] == out.shape[1:]:
+        return out.copy_(crop)
+    torch.ops.aten._upsample_bicubic2d_aa.out(crop.unsqueeze(0), list(out.shape[1:]), False, None, None,
+                                              out=out.unsqueeze(0))
+    return out
+
+
+def train_transform(data: bytes, size: int, scale, rng: random.Random, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode, random resized crop (CLIP / open_clip), resize once: uint8 (3, size, size), into `out` if given."""
     # the smallest crop side is about sqrt(0.9 * 3/4) = 0.82 of the image side: decode at >= size / 0.8
-    image = open_rgb(data, math.ceil(size / 0.8))
-    box = random_resized_crop_box(*image.size, scale, rng)
-    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
+    pixels = decode_for_training(data, math.ceil(size / 0.8))
+    box = random_resized_crop_box(pixels.shape[1], pixels.shape[0], scale, rng)
+    return crop_and_resize(pixels, box, torch.empty((3, size, size), dtype=torch.uint8) if out is None else out)
 
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 (n, 3, s, s) -> float, normalised with CLIP's mean/std, on `device`."""
-    images = images.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(OPENAI_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, device=images.device).view(1, 3, 1, 1)
-    return images.sub_(mean).div_(std)
+    """uint8 (n, 3, s, s) -> float, normalised with CLIP's mean/std, on `device`.
+
+    One fused multiply-add, (x / 255 - mean) / std = x * (1 / (255 std)) - mean / std, instead of four
+    passes over the batch; it equals the step-by-step formula to float rounding (~1e-6).
+    """
+    images = images.to(device, non_blocking=True)
+    scale = torch.tensor([1 / (255 * s) for s in OPENAI_STD], device=images.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(OPENAI_MEAN, OPENAI_STD)], device=images.device).view(1, 3, 1, 1)
+    return torch.addcmul(shift, images, scale)
 
 
 # ---- batches -----------------------------------------------------------------------------------------------
 
-class Collate:
-    """Samples -> one batch; tokenizes the captions in one call and attaches the skip counts."""
+def decode_into_batches(samples, batch_size: int, image_size: int, crop_scale, tokenizer: ClipTokenizer,
+                        skips: SkipCounter, seed: int, epoch: int, partial: bool = True):
+    """Raw samples -> batches {"images", "texts", "keys", "skipped"}; corrupt samples go to `skips`.
 
-    def __init__(self, tokenizer: ClipTokenizer, skips: SkipCounter):
-        self.tokenizer, self.skips = tokenizer, skips
+    Each image is decoded, cropped and resized straight into its row of the batch's (n, 3, s, s) uint8
+    block: no per-sample image waits for the batch to fill and no stack copies them again, and the block is
+    what pinned memory and the device copy move in one piece. The captions
+    are tokenized in one call per batch. In a DataLoader worker the block is allocated in shared memory, as
+    torch's default_collate does, so handing it to the training process copies nothing.
+    """
+    rng = worker_rng(seed, epoch, "augment")
+    images, keys, captions = None, [], []
+    for sample in samples:
+        if images is None:
+            images = new_image_block(batch_size, image_size)
+        try:
+            data, caption = sample_image_and_caption(sample)
+            train_transform(data, image_size, crop_scale, rng, out=images[len(keys)])
+        except DECODE_ERRORS as exn:
+            exn.args = exn.args + (sample.get("__url__"), sample.get("__key__"))
+            skips.handler(exn)
+            continue
+        keys.append(sample["__key__"])
+        captions.append(caption)
+        if len(keys) == batch_size:
+            yield make_batch(images, keys, captions, tokenizer, skips)
+            images, keys, captions = None, [], []
+    if keys and partial:
+        yield make_batch(images[:len(keys)], keys, captions, tokenizer, skips)
 
-    def __call__(self, samples: list[dict]) -> dict:
-        images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
-        return {"images": images, "texts": torch.from_numpy(self.tokenizer([s["caption"] for s in samples])),
-                "keys": [s["__key__"] for s in samples], "skipped": self.skips.take()}
+
+def new_image_block(n: int, size: int) -> torch.Tensor:
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty((n, 3, size, size), dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(n * 3 * size * size)   # what default_collate does in a worker
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(n, 3, size, size)
+
+
+def make_batch(images: torch.Tensor, keys: list[str], captions: list[str], tokenizer: ClipTokenizer,
+               skips: SkipCounter) -> dict:
+    return {"images": images, "texts": torch.from_numpy(tokenizer(captions)), "keys": keys, "skipped": skips.take()}
 
 
 def hand_over_last_skips(batches, skips: SkipCounter):
@@ -265,8 +352,8 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
         *shards,
         partial(tar_to_samples, handler=skips.handler),
         partial(shuffle_samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial, seed=seed, epoch=epoch),
-        partial(decode_samples, image_size=image_size, crop_scale=cfg.crop_scale, seed=seed, epoch=epoch, skips=skips),
-        wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer, skips), partial=partial_batches),
+        partial(decode_into_batches, batch_size=cfg.batch_size, image_size=image_size, crop_scale=cfg.crop_scale,
+                tokenizer=tokenizer, skips=skips, seed=seed, epoch=epoch, partial=partial_batches),
         partial(hand_over_last_skips, skips=skips),
     )
     if cfg.resampled:

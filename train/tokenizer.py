@@ -1,45 +1,43 @@
-"""CLIP's byte-pair-encoding tokenizer, with fast batch encoding.
+"""CLIP's byte-pair-encoding tokenizer, identical to open_clip's, with fast batch encoding.
 
 Stage: `train` (captions -> token ids) and `zeroshot` (prompts -> token ids).
 In: CLIP's merges file `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, shipped in the open_clip_torch 3.3.0
 wheel, MIT; `make sample-data` puts it in data/sample). Out: int64 arrays of shape (n, context_length),
-`<|startoftext|> ids... <|endoftext|>` then zeros, truncated as open_clip's `tokenize` does (the last
-kept position becomes `<|endoftext|>`, so the text tower can always find it by argmax).
+`<start_of_text> ids... <end_of_text>` then zeros, truncated as open_clip's `tokenize` does (the last
+kept position becomes `<end_of_text>`, so the text tower can always find it by argmax).
 
-The vocabulary is built exactly as CLIP's `SimpleTokenizer` builds it: 256 byte symbols, the same
-with the end-of-word marker `</w>`, one token per merge in rank order (48,894 merges), then the two
-special tokens: 49,408 ids. The text is cleaned as CLIP cleans it (HTML entities unescaped twice,
-whitespace runs collapsed, lower-cased) and split with CLIP's pattern; the BPE itself runs in the
-Rust `tokenizers` library (the same construction as transformers' `CLIPConverter`), which encodes a
-batch of captions in one call. CLIP also runs `ftfy.fix_text`; we leave it out (it repairs mojibake,
-which the `match` stage's caption normalisation already rejects or repairs upstream), NFC
-normalisation is kept. tests/test_train_tokenizer.py checks the ids against a plain-Python copy of
-CLIP's BPE.
+The same ids as open_clip 3.3.0's `SimpleTokenizer` (clean="lower") on any string, by following its steps:
+`ftfy.fix_text` (curly quotes, ligatures, width forms, mojibake, control characters; NFC), HTML entities
+unescaped twice, `str.split()` whitespace runs to one space, Python's `str.lower()` (which knows the Greek
+final sigma), then its split pattern, run by the same `regex` module with the same flags, in which
+`<start_of_text>` and `<end_of_text>` are words of their own and get the special ids. The vocabulary is
+CLIP's: 256 byte symbols, the same with the end-of-word marker `</w>`, one token per merge in rank order
+(48,894 merges), then the two special tokens: 49,408 ids. Only the BPE of the split words runs in the Rust
+`tokenizers` library (the construction of transformers' `CLIPConverter`), one call per batch.
+tests/test_train_tokenizer.py checks ids written out by hand and a plain-Python copy of CLIP's BPE.
 """
 
 from __future__ import annotations
 
 import gzip
 import html
-import re
 from pathlib import Path
 
+import ftfy
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+import regex
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
 DEFAULT_MERGES = Path(__file__).resolve().parent.parent / "data" / "sample" / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49_408        # CLIP: 49,152 BPE tokens + 256 byte tokens, as the paper's vocabulary
 CONTEXT_LENGTH = 77        # CLIP: "max sequence length was capped at 76" + start token
 N_MERGES = 49_152 - 256 - 2  # CLIP SimpleTokenizer: merges[1 : 49152 - 256 - 2 + 1]
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-# the Unicode White_Space property, which is what `\s` means in the `regex` module CLIP uses (Python's `re`
-# would also take the separators \x1c-\x1f, which CLIP keeps as symbols inside a caption)
-_WHITESPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
-# CLIP's SimpleTokenizer pattern: contractions, letter runs, single digits, runs of other non-space
-# characters. Without its two special-token alternatives: a caption that literally contains
-# "<|endoftext|>" is text here, where CLIP would insert a real end token (and cut the caption there).
-SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+SOT, EOT = "<start_of_text>", "<end_of_text>"   # open_clip's names (OpenAI's "<|startoftext|>"): ids 49406, 49407
+# open_clip's SimpleTokenizer pattern: the special tokens, contractions, letter runs, single digits, runs of
+# other non-space characters; IGNORECASE as theirs (it matters: "'S" or "'ſ" after lower-casing are contractions)
+SPLIT = regex.compile(f"{SOT}|{EOT}" + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                      regex.IGNORECASE)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -71,9 +69,17 @@ def clip_vocab(merges: list[tuple[str, str]]) -> list[str]:
 
 
 def clean_text(text: str) -> str:
-    """CLIP's basic_clean (without ftfy) then whitespace_clean, in the same order: HTML entities unescaped
-    twice ("&amp;amp;" occurs in alt-text), str.strip(), Unicode White_Space runs to one space, strip again."""
-    return _WHITESPACE.sub(" ", html.unescape(html.unescape(text)).strip()).strip()
+    """open_clip's `_clean_lower` in its order: ftfy, HTML entities unescaped twice ("&amp;amp;" occurs in
+    alt-text), strip, `str.split()` whitespace runs to one space, `str.lower()`."""
+    # ftfy leaves printable ASCII without entities as it is (tested); skipping it there halves the time
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.strip().split()).lower()
+
+
+def split_words(text: str) -> list[str]:
+    """The words BPE runs on, after cleaning; `<start_of_text>`/`<end_of_text>` come out as words of their own."""
+    return SPLIT.findall(clean_text(text))
 
 
 class ClipTokenizer:
@@ -87,18 +93,18 @@ class ClipTokenizer:
         self.sot_id, self.eot_id = vocab[SOT], vocab[EOT]
         bpe = Tokenizer(BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
                             fuse_unk=False, unk_token=None, dropout=None))
-        bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-        # invert=True + "removed": keep the pattern's matches, drop what lies between (whitespace)
-        bpe.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        # words arrive split (`split_words`); ByteLevel maps each word's UTF-8 bytes to CLIP's byte symbols
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         bpe.decoder = decoders.ByteLevel()
+        # a word that is `<start_of_text>`/`<end_of_text>` gets its id, as open_clip's BPE cache gives it
+        bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (SOT, EOT)])
         # sot + at most context_length - 2 ids + eot, as open_clip's tokenize truncates
         bpe.enable_truncation(max_length=context_length - 2)
         self._bpe = bpe
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        encodings = self._bpe.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
+        encodings = self._bpe.encode_batch([split_words(t) for t in texts], is_pretokenized=True,
+                                           add_special_tokens=False)
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
         for row, enc in zip(out, encodings):
             n = len(enc.ids)

@@ -1,23 +1,26 @@
-"""Zero-shot evaluation of a trained checkpoint: classification with prompts, and image-text retrieval.
+"""Zero-shot evaluation of a CLIP checkpoint: classification with prompts, and image-text retrieval.
 
-Stage: `train` (`make eval`). In: a checkpoint (`runs/NAME/ckpt_latest.pt`); eval sets as `--eval-set
-[NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder `root/<class>/*.jpg`, WebDataset eval
-shards with `.cls` labels, an MNIST-style CSV such as `mnist_5k.csv.gz`), with their class names from
-`--classnames`, a side file, or the folder names (a CSV without names gets the digits "0".."9");
-optionally held-out pair shards for retrieval. Out, beside the checkpoint: `zeroshot_<NAME>.json` (metrics)
-and `predictions_<NAME>.jsonl`, one line per image `{"eval_set", "image_id", "label", "pred", "correct"}`:
-the input of the `overlap` stage's Clean / Overlap accuracy test (`--predictions`).
+Stage: `train` (`make eval`). In: weights in any format train/weights.py reads (our `ckpt_latest.pt`, open_clip
+checkpoints and state dicts, OpenAI's archives; `--model` names the architecture where the file has none);
+eval sets as `--eval-set [NAME=]PATH` in any layout `pipeline/common/evalsets.py` reads (ImageFolder, WebDataset
+eval shards with `.cls` labels, an MNIST-style CSV), with class names from `--classnames` (a shipped list such
+as `cifar10`, a file or a,b,c), a side file, or the folder names (a CSV without names gets the digits "0".."9");
+optionally held-out pair shards for retrieval. Images and prompts are prepared exactly as open_clip's eval
+transform and tokenizer prepare them (pipeline/common/images.py `eval_image`, train/tokenizer.py), so numbers
+compare with published ones. Out: `zeroshot_<NAME>.json` (our report, beside the checkpoint or `--out`), the
+same results in CLIP_benchmark's JSON layout in `clip_benchmark/` beside it, and `predictions_<NAME>.jsonl`
+beside the checkpoint, one line per image `{"eval_set", "image_id", "label", "pred", "correct"}` (the `overlap`
+stage's input).
 
-Classification as in CLIP (Radford et al. 2021, section 3.1.2 and 3.1.4): each class name is put into
-prompt templates, the normalised text embeddings of one class's prompts are averaged and renormalised,
-and an image is assigned the class with the highest cosine similarity. Reported per template set
-("photo": the paper's "a photo of a {}."; "ensemble": the 7 templates CLIP's ImageNet notebook selected;
-the set's own templates when its class-name file has some): top-1, top-5 and mean per-class recall.
-Predictions use the last template set. Retrieval: image->text and text->image recall@1/5/10 over
-held-out pairs, where each image's own caption is the one correct text.
+Classification as in CLIP (Radford et al. 2021, sections 3.1.2 and 3.1.4): each class name is put into prompt
+templates, the normalised text embeddings of one class's prompts are averaged and renormalised, and an image is
+assigned the most similar class. Reported per template set ("photo": "a photo of a {}."; "ensemble": the 7
+templates CLIP's ImageNet notebook selected; the set's own templates when its class-name list has some): top-1,
+top-5, mean per-class recall. Predictions and the CLIP_benchmark file use the last set. Retrieval: image->text
+and text->image recall@1/5/10 over held-out pairs, each image's own caption being the one correct text.
 
 Run: python -m train.zeroshot --checkpoint runs/x/ckpt_latest.pt --eval-set mnist=data/sample/mnist_5k.csv.gz \
-         [--classnames zero,one,...|FILE] [--templates photo --templates ensemble|FILE|'a {}.'] \
+         [--model ViT-B-32] [--classnames cifar10|zero,one,...|FILE] [--templates photo --templates cifar10|FILE]
          [--pairs 'shards/held/{00000..00001}.tar']
 """
 
@@ -31,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.evalsets import EvalSet, classname_candidates, iter_eval_images, layout_of, open_eval_set, parse_eval_spec
-from pipeline.common.images import DECODE_ERRORS, eval_transform, open_rgb
-from train import config as config_lib
+from pipeline.common.evalsets import (EvalSet, classname_candidates, iter_eval_images, layout_of, load_classnames,
+                                      open_eval_set, parse_eval_spec, shipped_list)
+from pipeline.common.images import DECODE_ERRORS, eval_image
 from train.data import SkipCounter, expand_shards, sample_image_and_caption, tar_to_samples, to_model_input
 from train.model import CLIP
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
-from train.train import load_checkpoint
+from train.weights import WeightsError, load_model
 
 log = logging.getLogger("zeroshot")
 
@@ -47,19 +50,6 @@ TEMPLATES = {
     "ensemble": ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                  "a {} in a video game.", "art of the {}.", "a photo of the small {}."],
 }
-
-
-def load_model(checkpoint: str | Path, device="cpu") -> tuple[CLIP, config_lib.TrainConfig, dict]:
-    """(model in eval mode on `device`, its config, the raw checkpoint) from a train/train.py checkpoint.
-
-    Also the image encoder of `dedup`'s embedding signal (pipeline/dedup/embed.py). Raises what torch.load and
-    load_state_dict raise on a file that is not such a checkpoint (callers turn that into one clear line).
-    """
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_lib.from_dict(ckpt["config"])
-    model = CLIP(cfg.model).to(device).eval()
-    model.load_state_dict(ckpt["model"])
-    return model, cfg, ckpt
 
 
 # ---- eval sets ---------------------------------------------------------------------------------------------
@@ -82,7 +72,7 @@ def pair_features(model: CLIP, tokenizer: ClipTokenizer, spec: str, limit: int, 
     for sample in tar_to_samples(({"url": u} for u in expand_shards(spec)), skips.handler):
         try:
             data, caption = sample_image_and_caption(sample)
-            arrays.append(eval_transform(open_rgb(data, size), size))
+            arrays.append(eval_image(data, size))
         except DECODE_ERRORS as exn:
             skips.handler(exn)
             continue
@@ -100,9 +90,12 @@ def pair_features(model: CLIP, tokenizer: ClipTokenizer, spec: str, limit: int, 
 
 
 def template_set(value: str) -> tuple[str, list[str]]:
-    """A named set ("photo", "ensemble"), a file of templates (one per line), or one template such as "a {}."."""
+    """A named set ("photo", "ensemble"), a shipped list's templates ("cifar10", "cifar100", "imagenet": OpenAI's
+    18, 18 and 80), a file of templates (one per line), or one template such as "a {}."."""
     if value in TEMPLATES:
         return value, TEMPLATES[value]
+    if shipped_list(value):
+        return value, load_classnames(shipped_list(value))[1]
     if Path(value).is_file():
         return Path(value).stem, [line.strip() for line in Path(value).read_text().splitlines() if line.strip()]
     if "{}" not in value:
@@ -116,7 +109,7 @@ def encode_images(model: CLIP, images: list[bytes], size: int, device, batch_siz
     """Encoded images -> normalised features, decoded one batch at a time (eval preprocessing)."""
     features = []
     for i in range(0, len(images), batch_size):
-        arrays = [eval_transform(open_rgb(data, size), size) for data in images[i:i + batch_size]]
+        arrays = [eval_image(data, size) for data in images[i:i + batch_size]]
         features.append(encode_arrays(model, arrays, device))
     return torch.cat(features)
 
@@ -188,32 +181,77 @@ def evaluate(model: CLIP, tokenizer: ClipTokenizer, spec: str, classnames: str |
     return results, rows
 
 
+def clip_benchmark_result(dataset: str, model: str, pretrained: str, task: str, metrics: dict, **extra) -> dict:
+    """One result in the JSON layout CLIP_benchmark's `eval` writes (clip_benchmark/cli.py), so its `build` step
+    and tables that hold published numbers take ours unchanged."""
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
+            "language": "en", **extra}
+
+
+def clip_benchmark_classification(metrics: dict, n_classes: int) -> dict:
+    """Our classification metrics under CLIP_benchmark's names; acc5 is NaN below 5 classes, as theirs."""
+    return {"acc1": metrics["top1"], "acc5": metrics["top5"] if n_classes >= 5 else float("nan"),
+            "mean_per_class_recall": metrics["mean_per_class_recall"]}
+
+
+def clip_benchmark_retrieval(metrics: dict, ks=(1, 5, 10)) -> dict:
+    """CLIP_benchmark's names: image retrieval = text -> image, text retrieval = image -> text."""
+    out = {}
+    for k in ks:
+        out[f"image_retrieval_recall@{k}"] = metrics[f"text_to_image_R@{k}"]
+        out[f"text_retrieval_recall@{k}"] = metrics[f"image_to_text_R@{k}"]
+    return out
+
+
+def write_clip_benchmark(folder: Path, result: dict) -> Path:
+    """Write under CLIP_benchmark's default file name, {dataset}_{pretrained}_{model}_{language}_{task}.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "_".join(str(result[k]).replace("/", "_") for k in ("dataset", "pretrained", "model", "language", "task"))
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(result) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Zero-shot classification and retrieval of a CLIP checkpoint.")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True,
+                        help="our ckpt_latest.pt, an open_clip checkpoint or state dict, or OpenAI's .pt archive")
+    parser.add_argument("--model", help="architecture where the file carries none: ViT-B-32 (-quickgelu), ViT-B-16, "
+                                        "ViT-L-14, an open_clip model config JSON or a train config")
     parser.add_argument("--eval-set", help="[NAME=]PATH: ImageFolder, WebDataset eval shards or MNIST-style CSV")
-    parser.add_argument("--classnames", help="a,b,c or a JSON/YAML/TXT file (default: side file or folder names)")
+    parser.add_argument("--classnames", help="a,b,c, a JSON/YAML/TXT file, or a shipped list (cifar10, cifar100, "
+                                             "imagenet) (default: side file or folder names)")
     parser.add_argument("--templates", action="append",
-                        help="'photo', 'ensemble', a file with one template per line, or one template with {} for "
-                             "the class name; repeatable (default: photo and ensemble)")
+                        help="'photo', 'ensemble', a shipped set (cifar10, cifar100, imagenet), a file with one "
+                             "template per line, or one template with {} for the class name; repeatable "
+                             "(default: photo and ensemble)")
     parser.add_argument("--pairs", help="held-out shards for retrieval (brace pattern)")
     parser.add_argument("--max-pairs", type=int, default=5_000)
     parser.add_argument("--merges", default=str(DEFAULT_MERGES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", help="results JSON (default: zeroshot_<eval set>.json beside the checkpoint)")
+    parser.add_argument("--out", help="results JSON (default: zeroshot_<eval set>.json beside the checkpoint); "
+                                      "CLIP_benchmark's JSON files go to clip_benchmark/ beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     if not args.eval_set and not args.pairs:
         parser.error("give --eval-set, --pairs, or both")
 
-    model, cfg, ckpt = load_model(args.checkpoint, args.device)
-    tokenizer = ClipTokenizer(args.merges, cfg.model.text.context_length)
+    try:
+        model, weights = load_model(args.checkpoint, args.model, args.device)
+    except WeightsError as e:
+        parser.exit(2, f"zeroshot: {e}\n")
+    cfg = weights.model
+    tokenizer = ClipTokenizer(args.merges, cfg.text.context_length)
     template_sets = dict(template_set(t) for t in (args.templates or ["photo", "ensemble"]))
-    results = {"checkpoint": str(args.checkpoint), "step": ckpt["step"]}
+    model_name = Path(args.model).stem if args.model else f"witbuild-{Path(args.checkpoint).resolve().parent.name}"
+    pretrained = Path(args.checkpoint).name
+    results = {"checkpoint": str(args.checkpoint), "format": weights.format, "model": model_name,
+               "step": weights.step}
+    benchmark = []
     name = "retrieval"
     if args.eval_set:
         evaluation, rows = evaluate(model, tokenizer, args.eval_set, args.classnames, template_sets, args.device,
-                                    cfg.model.vision.image_size)
+                                    cfg.vision.image_size)
         results.update(evaluation)
         name = evaluation["eval_set"]
         for templates, m in results["classification"].items():
@@ -222,14 +260,28 @@ def main(argv: list[str] | None = None) -> dict:
         predictions = Path(args.checkpoint).parent / f"predictions_{name}.jsonl"
         predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
         results["predictions"] = str(predictions)
+        used = results["predictions_templates"]
+        benchmark.append(clip_benchmark_result(
+            name, model_name, pretrained, "zeroshot_classification",
+            clip_benchmark_classification(results["classification"][used], len(results["classnames"])),
+            templates=template_sets[used]))
     if args.pairs:
         results["retrieval"] = retrieval_metrics(*pair_features(model, tokenizer, args.pairs, args.max_pairs,
-                                                                cfg.model.vision.image_size, args.device))
+                                                                cfg.vision.image_size, args.device))
         log.info("retrieval | %s", " | ".join(f"{k} {v:.3f}" for k, v in results["retrieval"].items() if k != "n"))
+        benchmark.append(clip_benchmark_result(pairs_name(args.pairs), model_name, pretrained, "zeroshot_retrieval",
+                                               clip_benchmark_retrieval(results["retrieval"])))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"zeroshot_{name}.json"
+    results["clip_benchmark"] = [str(write_clip_benchmark(out.parent / "clip_benchmark", r)) for r in benchmark]
     out.write_text(json.dumps(results, indent=1) + "\n")
-    log.info("wrote %s", out)
+    log.info("wrote %s and %s", out, ", ".join(results["clip_benchmark"]))
     return results
+
+
+def pairs_name(spec: str) -> str:
+    """A retrieval set's name for reports: the folder of its shards (`shards/held/{0..3}.tar` -> held)."""
+    head = spec.split("{")[0]
+    return (Path(head).name if head.endswith("/") else Path(head).parent.name) or "pairs"
 
 
 if __name__ == "__main__":

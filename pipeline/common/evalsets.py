@@ -12,10 +12,13 @@ layouts are read, each yielding `(image_id, label, encoded image bytes)` in a fi
   784 pixel values (28x28, 0..255) then the label, no header; `image_id` is `row<i>` (as `train.zeroshot`).
   The pixels are encoded to PNG so every reader hands out the same thing.
 
-Class names (and templates) come from `--classnames NAME=FILE|a,b,c`, else from a side file found next to
-the set: `classnames.{json,yaml,yml,txt}` inside a folder set, or `<stem>.classnames.{...}` /
+Class names (and templates) come from `--classnames NAME=FILE|a,b,c|LIST` (LIST: a shipped list of published
+names and templates, `cifar10`, `cifar100` or `imagenet`, in pipeline/common/classnames/), else from a side
+file found next to the set: `classnames.{json,yaml,yml,txt}` inside a folder set (or `classnames.txt` one level
+up, CLIP_benchmark's layout `ROOT/test/*.tar` + `ROOT/classnames.txt`), or `<stem>.classnames.{...}` /
 `classnames.{...}` beside a file set. JSON/YAML hold a list of names or `{"classnames": [...],
-"templates": [...]}`; TXT holds one name per line. An ImageFolder without a side file uses its folder
+"templates": [...]}`; TXT holds one name per line, with templates from CLIP_benchmark's
+`zeroshot_classification_templates.txt` beside it. An ImageFolder without a side file uses its folder
 names (the convention says they are the class names). A set with no images, an unreadable layout, or a
 CSV/WebDataset set without class names raises `EvalSetError` with one line saying what to fix.
 """
@@ -45,6 +48,10 @@ TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CLASSNAME_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
 MNIST_SIDE = 28  # MNIST images are 28x28 grey (LeCun et al. 1998)
+# The class names and templates of published zero-shot results, as JSON with their source (cifar10, cifar100,
+# imagenet): `--classnames cifar10` names one of these.
+SHIPPED_LISTS = Path(__file__).resolve().parent / "classnames"
+CLIP_BENCHMARK_TEMPLATES = "zeroshot_classification_templates.txt"   # beside its classnames.txt
 
 
 class EvalSetError(ValueError):
@@ -85,7 +92,8 @@ def classname_candidates(path: str) -> list[str]:
     """Side files that may hold a set's class names, most specific first."""
     p = Path(path.split("{")[0]) if "{" in path else Path(path)
     if p.is_dir():
-        return [str(p / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
+        # CLIP_benchmark's WebDataset sets keep classnames.txt one level above their split folders (test/*.tar)
+        return [str(p / f"classnames{s}") for s in CLASSNAME_SUFFIXES] + [str(p.parent / "classnames.txt")]
     stem = p.name
     for suffix in TAR_SUFFIXES + CSV_SUFFIXES:
         if stem.endswith(suffix):
@@ -95,13 +103,23 @@ def classname_candidates(path: str) -> list[str]:
            [str(p.parent / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
 
 
+def shipped_list(name: str) -> str | None:
+    """The path of a shipped class-name list (`cifar10`, `cifar100`, `imagenet`), None for any other value."""
+    path = SHIPPED_LISTS / f"{name}.json"
+    return str(path) if name.isidentifier() and path.is_file() else None
+
+
 def load_classnames(path: str) -> tuple[list[str], list[str]]:
     """(class names, templates) from a JSON/YAML/TXT file; EvalSetError if missing or malformed."""
     if not os.path.isfile(path):
         raise EvalSetError(f"class-name file {path} not found")
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith(".txt"):
-        return [line.strip() for line in text.splitlines() if line.strip()], []
+        # CLIP_benchmark's layout: the templates, one per line, in a file beside classnames.txt
+        templates = Path(path).with_name(CLIP_BENCHMARK_TEMPLATES)
+        return [line.strip() for line in text.splitlines() if line.strip()], \
+            [line.strip() for line in templates.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if templates.is_file() else []
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -118,6 +136,7 @@ def load_classnames(path: str) -> tuple[list[str], list[str]]:
 def resolve_classnames(path: str, layout: str, given: str | None) -> tuple[list[str], list[str]]:
     """Class names from the flag (file or comma list), else a side file, else ImageFolder folder names."""
     if given:
+        given = shipped_list(given) or given
         if os.path.isfile(given) or "," not in given:
             return load_classnames(given)
         return [n.strip() for n in given.split(",")], []

@@ -19,11 +19,22 @@ def open_rgb(data: bytes, min_side: int) -> Image.Image:
     return image.convert("RGB")
 
 
+def eval_image(data: bytes, size: int) -> np.ndarray:
+    """An encoded image -> uint8 (size, size, 3) as open_clip's eval preprocessing sees it: full decode (no JPEG
+    draft scaling), then `eval_transform`. Zero-shot, retrieval and dedup's embeddings all read images here."""
+    return eval_transform(Image.open(io.BytesIO(data)), size)
+
+
 def eval_transform(image: Image.Image, size: int) -> np.ndarray:
-    """open_clip's eval preprocessing: resize the shorter side to `size` (bicubic), centre crop."""
-    image = image.convert("RGB")
+    """open_clip 3.3.0's `image_transform(size, is_train=False)` before ToTensor, step by step: torchvision's
+    `Resize(size)` (short side to `size`, long side `int(size * long / short)`, truncated; bicubic, in the image's
+    own mode: PIL resizes palette images by nearest neighbour, RGBA premultiplied), `CenterCrop(size)` (offsets
+    `int(round((side - size) / 2))`, Python's half-to-even), then `convert("RGB")`. Normalisation with OpenAI's
+    mean/std follows in train.data's `to_model_input`."""
     width, height = image.size
-    scale = size / min(width, height)
-    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    short, long = min(width, height), max(width, height)
+    if short != size:
+        new_long = int(size * long / short)
+        image = image.resize((size, new_long) if width <= height else (new_long, size), Image.BICUBIC)
+    left, top = int(round((image.width - size) / 2.0)), int(round((image.height - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)).convert("RGB"))

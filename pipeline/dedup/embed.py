@@ -1,10 +1,11 @@
 """Image embeddings for `dedup` (stage 5): the optional second signal, cosine similarity from our own encoder.
 
 pHash misses copies whose geometry changed (borders, crops: BENCHMARKS.md, section dedup); an image encoder
-trained by the `train` stage sees through some of them. The encoder is the image tower of a `train/train.py`
-checkpoint, loaded as `train/zeroshot.py` loads one (`zeroshot.load_model`), with the same eval preprocessing
-(`pipeline.common.images.open_rgb` + `eval_transform`: shorter side to the model's size, centre crop) and the same
-normalised features (`zeroshot.encode_arrays`). So dedup sees an image exactly as zero-shot evaluation does.
+trained by the `train` stage sees through some of them. The encoder is the image tower of any checkpoint
+train/weights.py reads (ours, open_clip's, OpenAI's; `--embed-model` gives the architecture where the file has
+none), loaded as zero-shot evaluation loads it, with the same eval preprocessing (open_clip's:
+`pipeline.common.images.eval_image`) and the same normalised features (`zeroshot.encode_arrays`): dedup sees an
+image as zero-shot does.
 
 In:  a checkpoint path; shard files and eval sets (the same inputs as `pipeline/dedup/phash.py`).
 Out: float32 L2-normalised features, (n, embed_dim), per shard sample key or eval image id; images that do
@@ -12,8 +13,8 @@ Out: float32 L2-normalised features, (n, embed_dim), per shard sample key or eva
 Search: faiss `IndexFlatIP` over the eval side (exact: inner product of unit vectors = cosine), range search
      for cosine >= threshold (`cosine_pairs`).
 Cache: like the hashes, one parquet per shard (`<cache>/embed/shards/`) and per eval set (`<cache>/embed/eval/`),
-     keyed by the input file signature, `EMBED_VERSION` and the checkpoint's content hash (sha256), so a
-     retrained checkpoint never reads another one's features.
+     keyed by the input file signature, `EMBED_VERSION` and the checkpoint's content hash (sha256) with its model
+     config, so a retrained checkpoint never reads another one's features.
 Runs in this process, shard by shard: torch already spreads one batch over the cores (intra-op threads), and
      a worker pool would load one model copy per worker.
 """
@@ -24,7 +25,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import pickle
 import tarfile
 from collections.abc import Iterable
 
@@ -39,12 +39,14 @@ from pipeline.dedup.phash import IMAGE_EXTENSIONS, batched, file_signature, read
 
 log = logging.getLogger(__name__)
 
-EMBED_VERSION = 1      # bump when the preprocessing changes: invalidates every embedding cache file
+# bump when the preprocessing changes: invalidates every embedding cache file
+# (2: open_clip's eval preprocessing, no draft decode, RGB conversion after resizing)
+EMBED_VERSION = 2
 BATCH = 256            # images per forward pass (zeroshot.encode_images' default)
 
 
 class CheckpointError(ValueError):
-    """The --embed-checkpoint file is missing or is not a train/train.py checkpoint."""
+    """The --embed-checkpoint file is missing, unreadable, or does not fit its model architecture."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Encoder:
     model: object          # train.model.CLIP (torch is imported only when the signal is on)
     image_size: int
     dim: int
-    sha256: str
+    sha256: str            # the checkpoint file's content hash (the manifest's)
+    key: str               # the cache key: the file's hash and the model config it was loaded with
     path: str
     device: str
 
@@ -64,35 +67,37 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_encoder(path: str, device: str = "auto") -> Encoder:
-    """The image encoder of a train/train.py checkpoint; CheckpointError (one line) if it cannot be one."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--embed-checkpoint {path}: no such file")
+def load_encoder(path: str, device: str = "auto", model: str | None = None) -> Encoder:
+    """The image encoder of a checkpoint (`model`: the architecture where the file carries none, as --model of
+    train.zeroshot); CheckpointError (one line) if it cannot be one."""
+    import json
+
     import torch
 
-    from train.zeroshot import load_model
+    from train import config as config_lib
+    from train.weights import WeightsError, load_model
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     try:
-        model, cfg, _ = load_model(path, device)
-    # torch.load raises KeyError/EOFError/UnpicklingError/RuntimeError on files that are not checkpoints,
-    # from_dict ValueError/TypeError on a foreign config, load_state_dict RuntimeError on other shapes
-    except (OSError, EOFError, KeyError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"--embed-checkpoint {path} is not a train/train.py checkpoint "
-                              f"({type(e).__name__}: {str(e)[:200]})") from None
-    return Encoder(model=model, image_size=cfg.model.vision.image_size, dim=cfg.model.embed_dim,
-                   sha256=file_sha256(path), path=path, device=device)
+        encoder, weights = load_model(path, model, device)
+    except WeightsError as e:
+        raise CheckpointError(f"--embed-checkpoint {e}") from None
+    sha256 = file_sha256(path)
+    config = json.dumps(config_lib.to_dict(weights.model), sort_keys=True)
+    key = hashlib.sha256(f"{sha256}\x1f{config}".encode()).hexdigest()
+    return Encoder(model=encoder, image_size=weights.model.vision.image_size, dim=weights.model.embed_dim,
+                   sha256=sha256, key=key, path=path, device=device)
 
 
 def embed_images(encoder: Encoder, items: Iterable[tuple[str, bytes]]) -> tuple[list[str], np.ndarray]:
     """(ids, (n, dim) float32 unit features) of the (id, encoded image) items that decode; others are skipped."""
-    from pipeline.common.images import DECODE_ERRORS, eval_transform, open_rgb
+    from pipeline.common.images import DECODE_ERRORS, eval_image
     from train.zeroshot import encode_arrays
     ids, features = [], []
     for batch in batched(items, BATCH):
         arrays, batch_ids = [], []
         for item_id, data in batch:
             try:
-                arrays.append(eval_transform(open_rgb(data, encoder.image_size), encoder.image_size))
+                arrays.append(eval_image(data, encoder.image_size))
                 batch_ids.append(item_id)
             except DECODE_ERRORS:
                 continue
@@ -133,7 +138,7 @@ def shard_features(path: str, encoder: Encoder, cache_dir: str) -> dict[str, np.
     """key -> unit feature of every decodable image of a shard, through the cache."""
     stem = os.path.basename(path).split(".")[0]
     cache = os.path.join(cache_dir, "embed", "shards",
-                         f"{stem}-{file_signature(path, 'embed', EMBED_VERSION, encoder.sha256)}.parquet")
+                         f"{stem}-{file_signature(path, 'embed', EMBED_VERSION, encoder.key)}.parquet")
     table, _ = read_or_compute(cache, lambda: (features_table("key", *embed_images(encoder, shard_images(path))), None))
     return dict(zip(table["key"].to_pylist(), table_features(table, encoder.dim)))
 
@@ -141,7 +146,7 @@ def shard_features(path: str, encoder: Encoder, cache_dir: str) -> dict[str, np.
 def eval_features(eval_set: EvalSet, encoder: Encoder, cache_dir: str) -> dict[str, np.ndarray]:
     """image_id -> unit feature of every decodable image of an eval set, through the cache."""
     cache = os.path.join(cache_dir, "embed", "eval", f"{eval_set.name}-{eval_set_signature(eval_set)}-"
-                                                     f"{EMBED_VERSION}-{encoder.sha256[:16]}.parquet")
+                                                     f"{EMBED_VERSION}-{encoder.key[:16]}.parquet")
 
     def compute():
         items = ((image_id, data) for image_id, _, data in iter_eval_images(eval_set))

@@ -353,7 +353,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="search only each shard image's pHash, not also the pHash inside its uniform frame")
     p.add_argument("--embed-checkpoint", metavar="PATH",
                    help="second signal: also drop samples whose image embedding (the image encoder of this "
-                        "train/train.py checkpoint) has cosine >= --embed-threshold with an eval image's (default: off)")
+                        "checkpoint: ours, open_clip's or OpenAI's) has cosine >= --embed-threshold with an eval "
+                        "image's (default: off)")
+    p.add_argument("--embed-model", metavar="NAME|JSON",
+                   help="architecture of an --embed-checkpoint that carries none (ViT-B-32, an open_clip config)")
     p.add_argument("--embed-threshold", type=float, default=DEFAULT_EMBED_THRESHOLD, metavar="COS",
                    help=f"min cosine similarity of an embedding near-duplicate (default {DEFAULT_EMBED_THRESHOLD})")
     p.add_argument("--embed-device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -382,7 +385,8 @@ def run(argv: list[str] | None = None) -> dict:
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
                 raise EvalSetError(f"{name}: none of its {table.num_rows} images could be decoded")
-        encoder = embed.load_encoder(args.embed_checkpoint, args.embed_device) if args.embed_checkpoint else None
+        encoder = (embed.load_encoder(args.embed_checkpoint, args.embed_device, args.embed_model)
+                   if args.embed_checkpoint else None)
         clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
     except (EvalSetError, embed.CheckpointError) as e:
         raise SystemExit(f"dedup: {e}") from None
@@ -424,6 +428,7 @@ def run(argv: list[str] | None = None) -> dict:
     embedding_settings = {"embed_checkpoint": None}
     if encoder is not None:
         embedding_settings = {"embed_checkpoint": encoder.path, "embed_checkpoint_sha256": encoder.sha256,
+                              "embed_model": args.embed_model,
                               "embed_threshold": args.embed_threshold, "embed_image_size": encoder.image_size,
                               "embed_dim": encoder.dim, "embed_version": embed.EMBED_VERSION}
     os.makedirs(args.out, exist_ok=True)
