@@ -41,7 +41,7 @@ EVAL_ARGS   ?=
 RUN         ?= runs/$(NAME)
 
 .PHONY: help setup test test-fast sample-data queries match balance shards stats dedup overlap train eval \
-        demo bench clean
+        demo bench bench-native clean native clang native-sanitized sanitize fuzz
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,8 +55,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project with its dev and cluster extras (fast when done)
 
-test: setup sample-data  ## run the whole test suite (fetches the sample data first: the tokenizer needs it)
-	$(PY) -m pytest -q
+# CI's test command: the C extensions must have been built (WITBUILD_REQUIRE_NATIVE=1 turns the skip of the
+# C-vs-Python tests into a failure), and each fuzzer runs briefly on the sanitized build first.
+test: setup sample-data  ## run each fuzzer briefly (FUZZ_SECONDS_CI), then the whole test suite
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS_CI)
+	WITBUILD_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
 test-fast: setup sample-data  ## run the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
@@ -164,10 +167,50 @@ bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.m
 	$(PY) -m bench.bench_queries_scale
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
 	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
-	$(if $(DATA),$(PY) -m bench.bench_lid --data $(DATA),@echo "bench: LID benchmark skipped: it needs DATA= with the CC3M/LAION captions")
 	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_dedup $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_train
+	$(PY) -m bench.projection
+
+# ---------------------------------------------------------------------------------------------------
+# Native code (README, "Native code"): the plain build, the sanitized build, the suite under it, the fuzzers.
+BUILD_EXT       := $(PY) -c "from setuptools import setup; setup()" -q build_ext --inplace --force
+SANITIZE_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+# CPython's leaks at exit are not ours; PYTHONMALLOC=malloc hands every PyMem buffer to ASan (pymalloc hides them)
+SANITIZE_ENV    := ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
+                   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc WITBUILD_REQUIRE_NATIVE=1
+SANITIZE_ARGS   ?=
+FUZZ_TARGETS    ?= wikicore check_rows hit_columns
+FUZZ_SECONDS    ?= 300
+FUZZ_SECONDS_CI ?= 45
+ATHERIS_ASAN     = $$($(PY) -c "import atheris, os; print(os.path.join(atheris.path(), 'asan_with_fuzzer.so'))")
+
+native: setup  ## rebuild the C extensions in place, plain -O3 (after native-sanitized, sanitize or fuzz)
+	$(BUILD_EXT) --build-temp build/native
+
+clang:
+	@command -v clang >/dev/null || { echo "installing clang (Debian package) for the sanitized build"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; }
+
+native-sanitized: setup clang  ## rebuild the C extensions in place with clang, ASan, UBSan, libFuzzer coverage
+	CC=clang LDSHARED="clang -shared" CFLAGS="$(SANITIZE_FLAGS) -fsanitize=fuzzer-no-link" \
+		$(BUILD_EXT) --build-temp build/sanitized
+
+sanitize: native-sanitized sample-data  ## the test suite under ASan + UBSan (SANITIZE_ARGS= for pytest), then `make native`
+	status=0; $(SANITIZE_ENV) LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so) \
+		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_ARGS) || status=$$?; \
+		$(MAKE) --no-print-directory native; exit $$status
+
+fuzz: native-sanitized sample-data  ## each C entry point vs its Python twin, FUZZ_SECONDS each (fuzz/run.py), then `make native`
+	status=0; for target in $(FUZZ_TARGETS); do \
+		$(SANITIZE_ENV) LD_PRELOAD=$(ATHERIS_ASAN) $(PY) -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || status=1; \
+	done; $(MAKE) --no-print-directory native; exit $$status
+
+# Issue 15's before/after: each stage whose C changed, against a checkout of the previous main (REFERENCE=DIR).
+bench-native: setup sample-data  ## stages before/after issue 15 vs REFERENCE= (a checkout of the previous main; DATA=)
+	@test -n "$(REFERENCE)" || { echo "bench-native: REFERENCE=DIR (a checkout of the previous main) is needed"; exit 2; }
+	cd "$(REFERENCE)" && $(abspath $(PY)) -c "from setuptools import setup; setup()" -q build_ext --inplace
+	$(PY) -m bench.bench_native --reference "$(REFERENCE)" $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.projection
 
 clean:  ## remove generated outputs (not .venv, not data/sample)

@@ -49,8 +49,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 from bench.report import machine, machine_line, save_results, update_section
 from pipeline.dedup import embed, mih, phash
 from pipeline.dedup import stage as dedup
+from pipeline.common.logs import setup_logging
 
-log = logging.getLogger("bench_dedup")
+log = logging.getLogger("bench.bench_dedup")
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "data" / "sample" / "photos"
@@ -617,7 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--embed-checkpoint", help="calibrate the embedding signal of this train/train.py checkpoint "
                                               "instead of training one here (it must not have seen the eval images)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_logging()
     started = time.time()
     if args.data:
         names, images = cifar_images(args.data)

@@ -40,7 +40,6 @@ import gzip
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -55,10 +54,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import machine, machine_line, update_section
+from bench.report import child_cpu, machine, machine_line, update_section
 from pipeline import balance
 from pipeline.match import lid, pool
 from pipeline.match import stage as match
+from pipeline.common.logs import setup_logging
 from pipeline.common.text import normalize_entry, spacing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ TARGET_AUTOMATON_MB = 300  # for 500k entries
 HEAD_HEAVY_T = 100  # a second balance run: most of the 600k replicated captions' pairs then hold only head entries
 OTHER_MATCHER = next(m for m in match.MATCHERS if m != match.DEFAULT_MATCHER)  # measured end to end too
 
-log = logging.getLogger("bench_match")
+log = logging.getLogger("bench.bench_match")
 
 
 def rss_mb() -> float:
@@ -311,20 +311,15 @@ def bench_lid_threshold(cc3m: list[str], laion: list[str], n_reference: int) -> 
 POOL_ROW_GROUP = 1 << 16  # rows per parquet row group of the bench pool: with --split-bytes 1, one range each
 
 
-def run_match(pool_path: Path, queries_path: Path, work: Path, *extra: str) -> tuple[dict, float, float]:
+def run_match(pool_path: Path, queries_path: Path, work: Path, *extra: str, cwd: Path = REPO) -> tuple[dict, float, float]:
     """One `python -m pipeline.match` over a parquet pool (FnApiRunner, one worker) in a fresh process, as a user
     runs it: (manifest, CPU seconds of that process, all its threads included, wall seconds). In a fresh process
     because in this one the stage shared a heap of several hundred MB with the benchmark's own data and the
     runs before it, which moved its rate by up to ~40% run to run. The pool is read in ranges of one row group, as a
-    big file is on a cluster."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.match", "--pool", str(pool_path), "--queries", str(queries_path),
-                    "--out", str(work / "matched"), "--split-bytes", "1", "--runner=FnApiRunner", *extra],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - wall
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    big file is on a cluster. `cwd`: the checkout whose `pipeline` runs (bench_native's before and after)."""
+    cpu, wall = child_cpu([sys.executable, "-m", "pipeline.match", "--pool", str(pool_path), "--queries",
+                           str(queries_path), "--out", str(work / "matched"), "--split-bytes", "1",
+                           "--runner=FnApiRunner", *extra], cwd)
     return json.loads((work / "matched" / "manifest.json").read_text()), cpu, wall
 
 
@@ -516,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "two CPU times, so the larger the difference, the less a disturbed second moves it")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "match.json"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     data = Path(args.data)
     load_at_start = os.getloadavg()
 

@@ -39,12 +39,14 @@ from PIL import Image
 from bench.report import machine, machine_line, save_results, update_section
 from pipeline.shards import stage as shards
 from pipeline import stats
+from pipeline.common import files
 from pipeline.common.records import uid_of
 from demo.imageserver import ImageServer, make_jpeg
+from pipeline.common.logs import setup_logging
 
 TARGET = 0.9  # DESIGN.md: >= 0.9x bare img2dataset
 ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger("bench_shards")
+log = logging.getLogger("bench.bench_shards")
 
 
 def cifar_images(data: Path, limit: int) -> tuple[str, list[tuple[bytes, str]]]:
@@ -62,7 +64,7 @@ def cifar_images(data: Path, limit: int) -> tuple[str, list[tuple[bytes, str]]]:
 def photo_crops(photos: Path, limit: int) -> tuple[str, list[tuple[bytes, str]]]:
     """(source, [(jpeg, caption)]) of seeded random crops (64-320 px) of the sample photos, or generated images."""
     rng = random.Random(0)
-    sources = [p for p in sorted(photos.glob("*")) if p.suffix.lower() in (".jpg", ".png")] if photos.is_dir() else []
+    sources = [Path(p) for p in files.find(str(photos), (".jpg", ".JPG", ".png", ".PNG"))] if photos.is_dir() else []
     if not sources:
         return "generated pictures (64-320 px)", [
             (make_jpeg(rng.randrange(64, 320), rng.randrange(64, 320), seed=i), f"generated picture {i}")
@@ -96,7 +98,7 @@ def stage_argv(input_path: Path, out: Path, args: argparse.Namespace) -> list[st
 def download_window(out: Path) -> dict:
     """Images and seconds between the first shard's start and the last shard's end (`*_stats.json`): the
     download itself, without img2dataset's process start-up, input preparation or accounting."""
-    runs = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    runs = [json.loads(Path(p).read_text()) for p in files.find(f"{out}/*_stats.json")]
     seconds = max(r["end_time"] for r in runs) - min(r["start_time"] for r in runs)
     return {"images": sum(r["successes"] for r in runs), "seconds": seconds}
 
@@ -104,7 +106,8 @@ def download_window(out: Path) -> dict:
 def time_bare(input_path: Path, out: Path, argv: list[str]) -> dict:
     """Wall seconds, download window and successes of bare img2dataset with the settings our stage passes it."""
     args = shards.parse_args(argv)
-    settings = shards.download_settings(args, str(input_path), ["uid", "query_ids"], "incremental")
+    settings = shards.download_settings(shards.settings_of(args).download, str(input_path), ["uid", "query_ids"],
+                                        "incremental")
     start = time.perf_counter()
     shards.i2d_main.download(**settings)
     return {"wall_s": time.perf_counter() - start, **download_window(out)}
@@ -117,7 +120,7 @@ def time_stage(argv: list[str], out: Path) -> dict:
 
 
 def time_stats(folder: Path, out: Path) -> dict:
-    paths = stats.list_shards(str(folder))
+    paths = files.expand(str(folder), ".tar")
     start = time.perf_counter()
     collected = stats.collect(paths, None)
     read_s = time.perf_counter() - start
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples-per-shard", type=int, default=500)
     p.add_argument("--no-report", action="store_true", help="do not write bench/results or BENCHMARKS.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     source, images = (cifar_images(args.data, args.images) if args.data else photo_crops(args.photos, args.images))
     work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:

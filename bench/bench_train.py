@@ -46,8 +46,10 @@ from bench.report import RESULTS, machine, machine_line, save_results, update_se
 from train import config as config_lib
 from train import train as trainer
 from demo.synthetic import write_shards
+from pipeline.common.files import expand
 from pipeline.common.images import open_rgb
-from train.data import SkipCounter, expand_shards, make_loader, make_pipeline, random_resized_crop_box, tar_to_samples
+from pipeline.common.logs import setup_logging
+from train.data import SkipCounter, make_loader, make_pipeline, random_resized_crop_box, tar_to_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SAMPLES_PER_GPU = 1_500   # DESIGN.md: ViT-B/32 bf16 per H100
@@ -56,7 +58,7 @@ TARGET_DATA_SHARE = 0.05         # DESIGN.md: data time < 5% of the step
 TARGET_LOADER_RATIO = 0.7        # DESIGN.md: loader per core >= 0.7x a bare PIL decode
 REFERENCE_A100 = 786             # open_clip ViT-B/32 on LAION-400M, samples/s per A100 (DESIGN.md)
 
-log = logging.getLogger("bench_train")
+log = logging.getLogger("bench.bench_train")
 
 
 def time_raw(urls: list[str], decode: bool) -> dict:
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the loader's output size (default 224, ViT-B/32's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the loader measurement")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         if args.shards:
-            shards, urls = args.shards, expand_shards(args.shards)
+            shards, urls = args.shards, expand(args.shards, ".tar", check_named=False)
         else:   # 256 px like img2dataset's default output; the GPU run resamples them for as many steps as asked
             shards, urls = generated_shards(Path(tmp) / "256", shards=40 if cuda else 8, per_shard=256 if cuda else 128,
                                             image_size=256)

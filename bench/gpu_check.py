@@ -33,10 +33,11 @@ import torch
 
 from bench import bench_train
 from bench.report import RESULTS, machine, save_results, update_section
+from pipeline.common.logs import setup_logging
 from train import train as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger("gpu_check")
+log = logging.getLogger("bench.gpu_check")
 
 # what each mode runs; the full plan is sized to finish in < 10 minutes on one H100/H200 (~5 expected)
 PLANS = {
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", metavar="GPU_CHECK_JSON",
                         help="merge this gpu_check.json into bench/results/train.json and BENCHMARKS.md, then exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     if args.record:
         path = RESULTS / "train.json"
         earlier = json.loads(path.read_text()) if path.exists() else {}

@@ -5,8 +5,8 @@
 #
 # Python: $PYTHON, else the checkout's .venv, else python3. A machine without this project's install needs,
 # beside torch, numpy, pillow, fsspec, tokenizers and tqdm: webdataset==0.2.111, braceexpand==0.1.7 and
-# simplejpeg==1.9.0 (wheels in WHEELS=DIR are installed into a temporary folder first), and the CLIP BPE
-# merges at data/sample/bpe_simple_vocab_16e6.txt.gz (`make sample-data`).
+# simplejpeg==1.9.0 (wheels in WHEELS=DIR are installed into a temporary folder first); the CLIP BPE merges
+# ship in train/assets/.
 # After a GPU run, where the repository is: python -m bench.gpu_check --record path/to/gpu_check.json
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,6 +10,8 @@ import json
 import os
 import platform
 import re
+import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +36,16 @@ def machine() -> dict:
 
 def machine_line(m: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['date_utc']} UTC"
+
+
+def child_cpu(argv: list[str], cwd: Path = ROOT) -> tuple[float, float]:
+    """Run a command to its end, output discarded: (CPU seconds of it and its children, user + sys, wall seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
 def save_results(name: str, results: dict) -> Path:

@@ -74,7 +74,7 @@ def excerpt_curve(dump: str, n_points: int = 8) -> list[tuple[int, int, int]]:
     ranks, breaks = [], []
     for split in wikidump.plan_splits(dump):
         for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
-            page = wikicore.parse_page_block(block)
+            page = wikitext.parse_page_block(block)
             if page.ns != 0 or page.redirect:
                 continue
             was_break = True

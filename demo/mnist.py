@@ -25,6 +25,7 @@ from PIL import Image
 from demo.world import HOLD_OUT_EVERY, WORDS
 from pipeline.common.evalsets import iter_eval_images, open_eval_set
 from demo.synthetic import write_tar
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="shards/mnist")
     parser.add_argument("--per-shard", type=int, default=500)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     paths, n_eval = write_mnist(args.csv, args.out, args.per_shard)
     log.info("wrote %d training shards to %s/train and %d held-out images to %s/eval",
              len(paths), args.out, n_eval, args.out)

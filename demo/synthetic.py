@@ -26,6 +26,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 
+from pipeline.common.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     paths = write_shards(args.out, args.kind, args.shards, args.per_shard, args.image_size, args.seed,
                          processes=args.processes)
     log.info("wrote %d shards of %d samples to %s", len(paths), args.per_shard, args.out)

@@ -1,34 +1,17 @@
 """Stage 3, `balance`: cap the pairs per query so the head does not drown the tail (MetaCLIP balancing).
 
 In:  `<matched>/part-*.parquet` (`uid, url, caption, query_ids`) and `<matched>/query_counts.tsv` from `match`.
-Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input with
-     `--url_col url --caption_col caption --save_additional_columns '["uid","query_ids"]'`), sorted by uid,
-     about `--rows-per-file` rows each; `<out>/entry_counts.tsv` (`query_id, query, before, after`);
-     `<out>/stats.json`, `<out>/entry_counts.png`; `<out>/rejected/part-*.parquet` (`uid, reason`) for the
-     pairs balancing dropped (Beam's per-bundle layout: the same uids, not the same files); `<out>/manifest.json`.
-
-Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
-- `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
-  a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
-  probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
-  seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
-  keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
-  entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
-- `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
-  Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
-  pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
-  its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
-  contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
-  is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
-  entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
-  measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
-  Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
-  15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
-  most captions and their cap binds every pair they are in. Strict mode suits query lists without such
-  function words; metaclip mode is the published recipe and the default.
-
+Out: `<out>/part-KKKKK-of-NNNNN.parquet` (`url, caption, uid, query_ids`: img2dataset input), sorted by uid,
+     about `--rows-per-file` rows each; `entry_counts.tsv` (`query_id, query, before, after`), `stats.json`,
+     `entry_counts.png`; `rejected/part-*.parquet` (`uid, reason`) for the dropped pairs; `manifest.json`.
+Recipe: `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t/c_e)
+     and a pair is kept iff some entry's seeded draw `unit_hash(seed, uid, e) < p_e` (tail pairs always). `strict`
+     (CLIP's "up to 20,000 pairs per query" read literally): no entry in more than t kept pairs. The counts c_e are
+     recounted from the matched pairs; the draws are hashes, so reruns and any worker count keep the same pairs.
+     Why, and what each mode costs: the comment above MODES.
 Run:  python -m pipeline.balance --matched work/matched --out work/balanced [--t 20000] [--seed 0]
           [--mode metaclip|strict] [--rows-per-file N] [Beam options]     (or `make balance T=20000`)
+Numbers (pairs/s, C draws vs Python): BENCHMARKS.md, "Stage 2: match" (balance rows).
 """
 
 from __future__ import annotations
@@ -48,13 +31,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import beamio, matchcore
+from pipeline.common import beamio, files
 from pipeline.common.beamrun import counter, pipeline_options, read_counters
 from pipeline.common.manifest import write_json_atomic, write_manifest
 from pipeline.common.records import MATCHED_COLUMNS, text_lines
+from pipeline.common.logs import setup_logging
 
 STAGE = "balance"
 T = 20_000  # MetaCLIP 400M (and CLIP's "up to 20,000 (image, text) pairs per query")
+
+# Modes (counts c_e are recounted from the matched pairs themselves, so they always agree with the data):
+# - `metaclip` (default; Xu et al. 2023, "Demystifying CLIP Data", Alg. 1): entry e gets p_e = min(1, t / c_e);
+#   a pair matched to entries E is kept iff for some e in E, `unit_hash(seed, uid, e) < p_e`, i.e. with
+#   probability 1 - prod_e (1 - p_e). Every pair that contains a tail entry (c_e <= t) is kept. The draws are
+#   seeded hashes of (seed, uid, entry), not a random stream: reruns, retried bundles and any worker count
+#   keep exactly the same pairs. Each entry's own draws keep min(c_e, t) pairs in expectation, but a head
+#   entry can end above t through pairs kept for a co-occurring tail entry (stats.json: `entries_over_t_after`).
+# - `strict` (CLIP's "up to 20,000 pairs per query" read literally: no entry is in more than t kept pairs).
+#   Pairs are ranked by one global key, (count of the pair's rarest entry, unit_hash(seed, uid), uid), so a
+#   pair carrying a rare entry comes first in every list it is on. For each head entry (c_e > t) the key of
+#   its t-th pair is its threshold; a pair is kept iff its key is within the threshold of every head entry it
+#   contains. Each entry therefore keeps at most t pairs (only pairs in its own top t can be kept). The cost
+#   is borne by the tail: a tail pair that co-occurs with a head entry is lost when it falls outside that
+#   entry's top t; stats.json reports `tail_matches_kept_fraction` (1.0 in metaclip mode) so the cost is
+#   measured on every run. Ranking by rarity (not a plain hash) makes the head budgets go to tail pairs first.
+#   Measured on CC3M validation (15,774 matched pairs, the 411,860-entry bench list, t = 300): metaclip keeps
+#   15,773 pairs, strict keeps 942 (tail matches kept: 6.9%), because entries such as "a" or "of" occur in
+#   most captions and their cap binds every pair they are in. Strict mode suits query lists without such
+#   function words; metaclip mode is the published recipe and the default.
+
 MODES = ("metaclip", "strict")
 ROWS_PER_FILE = 1_000_000  # ~100 MB of zstd parquet per file: few files, each small enough for one worker
 BALANCED_OUT = "balanced_out"  # reject reason: the pair lost the balancing draw / was over a cap
@@ -67,9 +72,6 @@ BALANCED_SCHEMA = pa.schema([("url", pa.string()), ("caption", pa.string()), ("u
 REJECTED_SCHEMA = pa.schema([("uid", pa.string()), ("reason", pa.string())])
 
 log = logging.getLogger(__name__)
-
-_c_draws = matchcore.core.metaclip_draws if matchcore.core else None  # MetaCLIP's seeded draws in C (BLAKE2b)
-
 
 # ---- pure core ----------------------------------------------------------------------------------------
 
@@ -100,10 +102,37 @@ def metaclip_keep(uid: str, query_ids: Iterable[int], counts: dict[int, int], t:
 def head_only_draws_py(seed: int, uids: list[str], query_ids: list[list[int]], counts: dict[int, int],
                        t: int) -> tuple[list[bool], int]:
     """For pairs whose entries all have count > t: metaclip's decision for each, and the sum of their keep
-    probabilities in millionths (each rounded, as the stage counts them). The definition `_matchcore.metaclip_draws`
-    is held to (tests/test_matchcore.py)."""
+    probabilities in millionths (each rounded, as the stage counts them). The definition `head_only_draws` is
+    held to (tests/test_balance.py)."""
     keep = [metaclip_keep(uid, qids, counts, t, seed) for uid, qids in zip(uids, query_ids)]
     return keep, sum(round(pair_keep_probability(qids, counts, t) * EXPECTED_SCALE) for qids in query_ids)
+
+
+def head_only_draws(seed: int, uids: list[str], lengths: np.ndarray, ids: np.ndarray, counts: np.ndarray,
+                    t: int) -> tuple[np.ndarray, int]:
+    """`head_only_draws_py` column-wise: pair i holds the entries ids[sum(lengths[:i]):][:lengths[i]] (each with
+    its count, > t, in `counts`). One hashlib BLAKE2b per (pair, entry), the rest in numpy with the twin's float
+    operations in its order: t / count and 1 - p are correctly rounded IEEE operations in both; the digest's
+    64-bit value becomes a float with one rounding, as int / 2**64 does; multiply.reduceat multiplies a pair's
+    misses left to right as the twin's loop does (numpy sums pairwise, but never multiplies so); rint rounds
+    half to even as round() does. ~5x the twin's pairs/s (bench_native)."""
+    if not len(uids):
+        return np.zeros(0, bool), 0
+    if len(lengths) != len(uids) or np.any(lengths < 1) or int(lengths.sum()) != len(ids) or len(counts) != len(ids):
+        raise ValueError("head_only_draws: lengths, ids and counts do not describe the uids' entries")
+    if np.any(counts <= t):
+        raise ValueError("head_only_draws: an entry with count <= t")
+    pair_uids = np.repeat(np.array(uids, object), lengths).tolist()
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(f"{seed}\x1f{uid}\x1f{qid}".encode(), digest_size=8).digest()
+                        for uid, qid in zip(pair_uids, ids.tolist())])
+    draws = np.frombuffer(digests, ">u8").astype(np.float64) / 2.0**64
+    p = t / counts.astype(np.float64)
+    starts = np.zeros(len(uids), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    keep = np.logical_or.reduceat(draws < p, starts)
+    miss = np.multiply.reduceat(1.0 - p, starts)
+    return keep, int(np.rint((1.0 - miss) * EXPECTED_SCALE).astype(np.int64).sum())
 
 
 def strict_key(uid: str, query_ids: Iterable[int], counts: dict[int, int], seed: int) -> tuple[int, float, str]:
@@ -115,36 +144,6 @@ def strict_keep(key: tuple, query_ids: Iterable[int], counts: dict[int, int], th
                 t: int) -> bool:
     """Keep iff the pair is within the top t of every head entry it contains."""
     return all(counts[qid] <= t or key <= thresholds[qid] for qid in query_ids)
-
-
-def strict_thresholds(pairs: Iterable[tuple[str, list[int]]], counts: dict[int, int], t: int,
-                      seed: int) -> dict[int, tuple]:
-    """The t-th smallest key of each head entry (reference implementation; Beam uses Top.SmallestPerKey)."""
-    keys: dict[int, list[tuple]] = {}
-    for uid, query_ids in pairs:
-        key = strict_key(uid, query_ids, counts, seed)
-        for qid in query_ids:
-            if counts[qid] > t:
-                keys.setdefault(qid, []).append(key)
-    return {qid: sorted(ks)[t - 1] for qid, ks in keys.items()}
-
-
-def count_entries(pairs: Iterable[tuple[str, list[int]]]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for _, query_ids in pairs:
-        for qid in query_ids:
-            counts[qid] = counts.get(qid, 0) + 1
-    return counts
-
-
-def select_pairs(pairs: list[tuple[str, list[int]]], t: int, seed: int, mode: str = "metaclip") -> set[str]:
-    """Kept uids of (uid, query_ids) pairs, in memory: the definition the Beam transform must agree with."""
-    counts = count_entries(pairs)
-    if mode == "metaclip":
-        return {uid for uid, qids in pairs if qids and metaclip_keep(uid, qids, counts, t, seed)}
-    thresholds = strict_thresholds(pairs, counts, t, seed)
-    return {uid for uid, qids in pairs
-            if qids and strict_keep(strict_key(uid, qids, counts, seed), qids, counts, thresholds, t)}
 
 
 def balance_stats(before: list[int], after: list[int], t: int) -> dict[str, Any]:
@@ -204,8 +203,8 @@ def plot_entry_counts(before: list[int], after: list[int], t: int, path: str) ->
 # nearly all of it Beam's per-element coding. Inside a table the decisions are column-wise where the outcome is
 # certain without hashing (a pair holding a tail entry is kept with probability 1 in metaclip mode; a pair
 # holding no head entry passes every strict threshold), and the pure functions above decide every other pair
-# (metaclip's seeded draws through their C twin, `_matchcore.metaclip_draws`, held equal to them by tests), so
-# the kept set is the reference's by construction.
+# (metaclip's seeded draws column-wise in `head_only_draws`, held equal to them by tests), so the kept set is the
+# reference's by construction.
 
 BATCH_ROWS = 65_536
 
@@ -222,30 +221,34 @@ class ReadMatchedFn(beam.DoFn):
                 yield pa.Table.from_batches([batch]).select(list(MATCHED_COLUMNS))
 
 
-_dense_cache: tuple = (None, None)  # (counts dict, its array): the side input is one object per bundle
-
-
 def dense_counts(counts: dict[int, int]) -> np.ndarray:
     """counts (non-negative ids) as an array indexed by query id, 0 where absent: one gather per table instead of
-    a dict lookup per entry. Cached for the last dict seen (a side input arrives once per bundle and the tables of
-    the bundle share it); the cache is one tuple, read and replaced whole, so threads cannot mix two dicts."""
-    global _dense_cache
-    cached = _dense_cache
-    if cached[0] is counts:
-        return cached[1]
+    a dict lookup per entry."""
     ids = np.fromiter(counts.keys(), np.int64, len(counts))
     values = np.fromiter(counts.values(), np.int64, len(counts))
     indexable = ids >= 0
     dense = np.zeros(int(ids[indexable].max()) + 1 if indexable.any() else 0, np.int64)
     dense[ids[indexable]] = values[indexable]
-    _dense_cache = (counts, dense)
     return dense
 
 
-def counts_of(ids: np.ndarray, counts: dict[int, int]) -> np.ndarray:
-    """counts[id] for each id (0 where absent): a gather from `dense_counts`, or dict lookups for ids an array
+class DenseCounts:
+    """`dense_counts` of the last counts dict seen. Each DoFn holds its own: the side input is one object per
+    bundle and the tables of the bundle share it, so it is built once per bundle, not once per table."""
+
+    def __init__(self):
+        self.source, self.dense = None, None
+
+    def __call__(self, counts: dict[int, int]) -> np.ndarray:
+        if self.source is not counts:
+            self.source, self.dense = counts, dense_counts(counts)
+        return self.dense
+
+
+def counts_of(ids: np.ndarray, counts: dict[int, int], dense_of: DenseCounts) -> np.ndarray:
+    """counts[id] for each id (0 where absent): a gather from the dense array, or dict lookups for ids an array
     cannot index (negative: a hand-made file)."""
-    dense = dense_counts(counts) if len(ids) and ids.min() >= 0 else None
+    dense = dense_of(counts) if len(ids) and ids.min() >= 0 else None
     if dense is not None and ids.max() < len(dense):
         return dense[ids]
     return np.fromiter(map(counts.get, ids.tolist(), itertools.repeat(0)), np.int64, len(ids))
@@ -255,7 +258,7 @@ class PairColumns:
     """The columns balancing reads from a table of pairs: per pair its entries (flat ids and their pair), the
     entries' counts, and whether the pair holds a tail (count <= t) or a head (count > t) entry."""
 
-    def __init__(self, table: pa.Table, counts: dict[int, int], t: int):
+    def __init__(self, table: pa.Table, counts: dict[int, int], t: int, dense_of: DenseCounts):
         ids = table.column("query_ids").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.int32()))
         self.n = table.num_rows
         self.lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
@@ -265,7 +268,7 @@ class PairColumns:
         # a null id inside a list: the pair cannot be judged (match never writes one; a damaged file might)
         self.malformed = np.bincount(self.parent[flat.is_null().to_numpy(zero_copy_only=False)], minlength=self.n) > 0
         self.has_ids = (self.lengths > 0) & ~self.malformed
-        self.entry_counts = counts_of(self.flat, counts)
+        self.entry_counts = counts_of(self.flat, counts, dense_of)
         valid = self.has_ids[self.parent]
         if np.any(self.entry_counts[valid] <= 0):  # the counts come from these very tables: a bug, not bad input
             raise ValueError("balance: query ids missing from the per-entry counts")
@@ -278,21 +281,13 @@ class PairColumns:
 
     def head_only_draws(self, mask: np.ndarray, counts: dict[int, int], t: int, seed: int) -> tuple[np.ndarray, int]:
         """`head_only_draws_py` of the rows where mask is true (pairs whose entries all have count > t): metaclip's
-        decisions for them and their expected kept size in millionths; in C where built (DecideKeep at t=20 on 168k
-        real pairs, two thirds of them head-only: 28k -> 140-200k pairs/s)."""
+        decisions for them and their expected kept size in millionths (`head_only_draws`)."""
         rows = np.flatnonzero(mask)
         if not len(rows):
             return np.zeros(0, bool), 0
-        uids = self.uids.take(pa.array(rows)).to_pylist()
-        if _c_draws is None:
-            keep, expected = head_only_draws_py(seed, uids, self.ids.take(pa.array(rows)).to_pylist(), counts, t)
-            return np.array(keep, bool), expected
         entries = mask[self.parent]
-        offsets = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(self.lengths[rows], out=offsets[1:])
-        keep, expected = _c_draws(f"{seed}\x1f".encode(), uids, offsets, np.ascontiguousarray(self.flat[entries]),
-                                  np.ascontiguousarray(self.entry_counts[entries]), t)
-        return np.frombuffer(keep, np.uint8).astype(bool), expected
+        return head_only_draws(seed, self.uids.take(pa.array(rows)).to_pylist(), self.lengths[rows],
+                               self.flat[entries], self.entry_counts[entries], t)
 
     def pairs(self, mask: np.ndarray) -> Iterable[tuple[int, str, list[int]]]:
         """(row index, uid, query ids) of the rows where mask is true: one take and one conversion per table."""
@@ -303,11 +298,18 @@ class PairColumns:
         return zip(rows.tolist(), self.uids.take(index).to_pylist(), self.ids.take(index).to_pylist())
 
 
-def _head_entry_keys(table: pa.Table, counts: dict[int, int], t: int, seed: int):
-    cols = PairColumns(table, counts, t)
-    for _, uid, qids in cols.pairs(cols.has_head):
-        key = strict_key(uid, qids, counts, seed)
-        yield from ((qid, key) for qid in qids if counts[qid] > t)
+class HeadEntryKeysFn(beam.DoFn):
+    """Table of pairs -> (head entry id, the pair's strict key) for every head entry of every pair (strict mode)."""
+
+    def __init__(self, t: int, seed: int):
+        self.t, self.seed = t, seed
+        self.dense_of = DenseCounts()
+
+    def process(self, table: pa.Table, counts: dict[int, int]):
+        cols = PairColumns(table, counts, self.t, self.dense_of)
+        for _, uid, qids in cols.pairs(cols.has_head):
+            key = strict_key(uid, qids, counts, self.seed)
+            yield from ((qid, key) for qid in qids if counts[qid] > self.t)
 
 
 class DecideKeepFn(beam.DoFn):
@@ -320,10 +322,11 @@ class DecideKeepFn(beam.DoFn):
         self.rejected = {reason: counter(STAGE, f"rejected_{reason}")
                          for reason in (BALANCED_OUT, NO_QUERY_IDS, MALFORMED_QUERY_IDS)}
         self.expected = counter(STAGE, "expected_kept_millionths")
+        self.dense_of = DenseCounts()
 
     def process(self, table: pa.Table, counts: dict[int, int], thresholds: dict[int, tuple]):
         t, seed = self.t, self.seed
-        cols = PairColumns(table, counts, t)
+        cols = PairColumns(table, counts, t, self.dense_of)
         has_ids = cols.has_ids
         # metaclip: a tail entry keeps the pair (p = 1); strict: a pair without head entries passes every threshold
         keep = cols.has_tail & has_ids if self.mode == "metaclip" else ~cols.has_head & has_ids
@@ -371,8 +374,7 @@ class CapPairsPerQuery(beam.PTransform):
         counts_side = beam.pvalue.AsSingleton(counts)
         if self.mode == "strict":
             thresholds = (tables
-                          | "HeadEntryKeys" >> beam.FlatMap(_head_entry_keys, counts=counts_side, t=self.t,
-                                                            seed=self.seed)
+                          | "HeadEntryKeys" >> beam.ParDo(HeadEntryKeysFn(self.t, self.seed), counts=counts_side)
                           | "TopTPerEntry" >> beam.combiners.Top.SmallestPerKey(self.t)
                           | "Threshold" >> beam.Map(lambda kv: (kv[0], kv[1][-1]))
                           | "ToDict" >> beam.combiners.ToDict())
@@ -402,11 +404,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def matched_files(matched: str) -> tuple[list[str], str]:
     """(part files, path of query_counts.tsv) of a match output; ValueError if it is not one."""
-    fs, root = fsspec.core.url_to_fs(matched)
-    parts = sorted(fs.glob(f"{root}/part-*.parquet"))
-    if not parts:
+    paths = files.find(f"{matched.rstrip('/')}/part-*.parquet")
+    if not paths:
         raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
-    paths = [fs.unstrip_protocol(p) if "://" in matched else p for p in parts]
     beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
@@ -479,7 +479,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    beamio.configure_logging()
+    setup_logging()
     run(argv if argv is not None else sys.argv[1:])
 
 

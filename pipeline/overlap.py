@@ -16,20 +16,7 @@ Run: python -m pipeline.overlap --dedup work/dedup [--eval NAME=PATH ...] [--pre
          --out reports/overlap [--examples 3]
 
 Overlap = the eval images that are the nearest match (smallest distance, ties included) of at least one
-training sample within the dedup threshold (`nearest` in the decisions; for a sample that only the optional
-embedding signal found, its highest-cosine eval image). A training sample within the threshold of several eval images
-is dropped by `dedup` either way, but counts as a copy of its closest one only: on low-detail sets (MNIST
-digits are near each other in pHash space) counting every eval image within the threshold would report
-dozens of "overlapping" eval images for one copied digit (measured on mnist_5k: 5 planted copies, 94 eval
-images within 8 bits, 5 nearest).
-
-Predictions file (written by the trainer's zero-shot eval, `train/zeroshot.py`): JSON Lines, one line per
-eval image,
-    {"eval_set": "cifar10", "image_id": "cat/0001.jpg", "label": 3, "pred": 5, "correct": false}
-`eval_set` is the NAME of `--eval NAME=PATH`; `image_id` is the id `pipeline/common/evalsets.py` gives the image
-(path relative to an ImageFolder root, the sample key of a WebDataset set, `row<i>` of a CSV); `correct`
-may be left out, and is then `label == pred`. Images without a prediction are left out of the accuracies
-(and counted); predictions for unknown images are counted and ignored.
+What counts as Overlap, and the predictions file format: the comment below the imports.
 """
 
 from __future__ import annotations
@@ -49,9 +36,27 @@ import pyarrow.parquet as pq
 from scipy import stats as scipy_stats
 
 from pipeline.common import rawtar
+from pipeline.common.images import image_member
 from pipeline.common.evalsets import EvalSet, EvalSetError, iter_eval_images, open_eval_sets
 from pipeline.common.rawtar import iter_raw_samples
 from pipeline.common.manifest import write_json_atomic, write_manifest
+from pipeline.common.logs import setup_logging
+
+# Overlap, and the predictions file (written by train/zeroshot.py)
+#
+# embedding signal found, its highest-cosine eval image). A training sample within the threshold of several eval images
+# is dropped by `dedup` either way, but counts as a copy of its closest one only: on low-detail sets (MNIST
+# digits are near each other in pHash space) counting every eval image within the threshold would report
+# dozens of "overlapping" eval images for one copied digit (measured on mnist_5k: 5 planted copies, 94 eval
+# images within 8 bits, 5 nearest).
+#
+# Predictions file (written by the trainer's zero-shot eval, `train/zeroshot.py`): JSON Lines, one line per
+# eval image,
+#     {"eval_set": "cifar10", "image_id": "cat/0001.jpg", "label": 3, "pred": 5, "correct": false}
+# `eval_set` is the NAME of `--eval NAME=PATH`; `image_id` is the id `pipeline/common/evalsets.py` gives the image
+# (path relative to an ImageFolder root, the sample key of a WebDataset set, `row<i>` of a CSV); `correct`
+# may be left out, and is then `label == pred`. Images without a prediction are left out of the accuracies
+# (and counted); predictions for unknown images are counted and ignored.
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,7 @@ def training_sample(shard: str, key: str) -> tuple[bytes | None, str]:
     for sample_key, members in iter_raw_samples(shard):
         if sample_key == key:
             parts = {rawtar.extension(m): m.data for m in members}
-            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+            image = image_member(parts)
             return image, parts.get("txt", b"").decode("utf-8", "replace")
     return None, ""
 
@@ -358,7 +363,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     report = run(argv)
     s = report["summary"]
     log.info("overlap: %d sets, median %.2f%%, mean %.2f%%, zero overlap: %s", s["sets"], s["median_overlap_pct"],

@@ -1,7 +1,7 @@
 """`make stats`: inspect a WebDataset shard folder and report what is in it.
 
 In:  a shard folder as `shards` writes it (`*.tar`, `*_stats.json`, `manifest.json`), local or fsspec, or a
-     glob of tars; optionally the `queries.tsv` the samples' `query_ids` refer to.
+     glob or brace pattern of tars; optionally the `queries.tsv` the samples' `query_ids` refer to.
 Out: `<out>/stats.json`, `<out>/stats.md`, and PNG plots (`captions.png`, `images.png`, `queries.png`,
      `contact_sheet.png`); a short summary on the terminal and a progress bar while reading.
 Run: `python -m pipeline.stats --shards shards/NAME --out reports/stats [--queries Q.tsv] [--max-samples N]`
@@ -38,16 +38,16 @@ from dataclasses import dataclass, field
 import fsspec
 from tqdm import tqdm
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.downloads import failure_reason
-from pipeline.common.files import expand_files
+from pipeline.common.images import image_member
 from pipeline.common.manifest import write_json_atomic
 from pipeline.common.records import QueryListError, load_query_list
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 CONTACT_SHEET_SAMPLES = 16
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 OK, EMPTY, CORRUPT = "ok", "empty", "corrupt"
 TOP_QUERIES = 20
 
@@ -137,7 +137,7 @@ class ShardStats:
         if meta.get("width") and meta.get("height"):
             self.log2_aspect.add(math.log2(meta["width"] / meta["height"]))
         self.per_query.update(q for q in meta.get("query_ids") or [] if isinstance(q, int))
-        image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        image = image_member(sample)
         if image is not None:
             self.image_bytes.add(len(image))
             self.keep_for_contact_sheet(image, caption)
@@ -209,34 +209,25 @@ def read_shard(path: str, stats: ShardStats, budget: int | None) -> dict:
     return entry
 
 
-def list_shards(pattern: str) -> list[str]:
-    """Tar paths of a folder or a glob (local or fsspec), sorted; SystemExit if there are none."""
-    paths = expand_files(pattern, ".tar")
-    if not paths:
-        raise SystemExit(f"stats: no .tar shards at {pattern!r}")
-    return paths
-
-
 def download_outcome(folder: str) -> dict:
     """Success rate and failure reasons summed over img2dataset's `*_stats.json` files in the folder."""
-    fs, path = fsspec.core.url_to_fs(folder)
-    totals, reasons, files = collections.Counter(), collections.Counter(), 0
-    for stats_path in sorted(fs.glob(path.rstrip("/") + "/*_stats.json")) if fs.isdir(path) else []:
+    totals, reasons, read = collections.Counter(), collections.Counter(), 0
+    for stats_path in files.find(f"{folder.rstrip('/')}/*_stats.json"):
         try:
-            with fs.open(stats_path, "r") as f:
+            with fsspec.open(stats_path, "r") as f:
                 stats = json.load(f)
             counts = {k: int(stats[k]) for k in ("count", "successes", "failed_to_download", "failed_to_resize")}
             messages = stats.get("status_dict") or {}  # {error message or "success": count}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             log.warning("stats: skipping unreadable %s (%s)", stats_path, err)
             continue
-        files += 1
+        read += 1
         totals.update(counts)
         for message, n in messages.items():
             if message != "success":
                 reasons[failure_reason(message)] += int(n)
     count = totals["count"]
-    return {"stats_files": files, **dict(totals), "success_rate": round(totals["successes"] / count, 4) if count else None,
+    return {"stats_files": read, **dict(totals), "success_rate": round(totals["successes"] / count, 4) if count else None,
             "failure_reasons": dict(reasons.most_common()), "manifest_counters": manifest_counters(folder)}
 
 
@@ -413,15 +404,15 @@ def write_outputs(out: str, report: dict, stats: ShardStats, folder: str) -> Non
     plot_contact_sheet(f"{out}/contact_sheet.png", stats.reservoir)
 
 
-def shard_folder(pattern: str) -> str:
-    """The folder holding the shards (for `_stats.json`), from a folder or a glob."""
-    fs, path = fsspec.core.url_to_fs(pattern)
-    return pattern if fs.isdir(path) else pattern.rsplit("/", 1)[0] if "/" in pattern else "."
+def shard_folder(spec: str, paths: list[str]) -> str:
+    """The folder holding the shards (for `_stats.json`): the spec if it is one, else the first shard's."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    return spec if fs.isdir(path) else paths[0].rsplit("/", 1)[0] if "/" in paths[0] else "."
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", required=True, help="shard folder or glob of .tar files (local or fsspec)")
+    p.add_argument("--shards", required=True, help="shard folder, glob or brace pattern of .tar files (local or fsspec)")
     p.add_argument("--out", default="reports/stats", help="report folder (default reports/stats)")
     p.add_argument("--queries", help="queries.tsv, to name the queries and list those without samples")
     p.add_argument("--max-samples", type=int, help="stop after this many samples")
@@ -437,10 +428,13 @@ def run(argv: list[str] | None = None) -> dict:
         names = load_query_list(args.queries) if args.queries else None
     except QueryListError as err:
         raise SystemExit(f"stats: {err}") from None
-    paths = list_shards(args.shards)
+    try:
+        paths = files.expand(args.shards, ".tar")
+    except files.NoFilesError as err:
+        raise SystemExit(f"stats: {err}") from None
     start = time.monotonic()
     stats = collect(paths, args.max_samples)
-    folder = shard_folder(args.shards)
+    folder = shard_folder(args.shards, paths)
     report = build_report(stats, folder, names, time.monotonic() - start)
     write_outputs(args.out, report, stats, folder)
     sh, dl = report["shards"], report["download"]
@@ -450,7 +444,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     run(argv)
 
 

@@ -1,6 +1,11 @@
 """Shared pytest fixtures."""
 
+import os
+
 import pytest
+
+# Tests reach only 127.0.0.1: stop albumentations (imported by img2dataset) from checking PyPI for updates.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from demo.imageserver import ImageServer
 

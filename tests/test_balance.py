@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import balance
+from tests import balance_reference as reference
 from pipeline.common.records import matched_schema, uid_of
 
 FAST = ["--runner=FnApiRunner"]
@@ -43,7 +46,7 @@ def test_unit_hash_is_uniform_enough_and_stable():
 
 def test_metaclip_keeps_about_t_per_single_entry_head():
     pairs = [(f"u{i}", [0]) for i in range(10_000)] + [(f"v{i}", [1]) for i in range(50)]
-    kept = balance.select_pairs(pairs, t=1000, seed=0)
+    kept = reference.select_pairs(pairs, t=1000, seed=0)
     assert 900 <= sum(u.startswith("u") for u in kept) <= 1100  # Binomial(10000, 0.1): sd 30
     assert sum(u.startswith("v") for u in kept) == 50
 
@@ -51,8 +54,8 @@ def test_metaclip_keeps_about_t_per_single_entry_head():
 @settings(max_examples=150, deadline=None)
 @given(pairs=pairs_strategy, t=st.integers(1, 12), seed=st.integers(0, 3))
 def test_metaclip_tail_entry_keeps_all_its_pairs(pairs, t, seed):
-    counts = balance.count_entries(pairs)
-    kept = balance.select_pairs(pairs, t, seed)
+    counts = reference.count_entries(pairs)
+    kept = reference.select_pairs(pairs, t, seed)
     for uid, qids in pairs:
         if any(counts[q] <= t for q in qids):
             assert uid in kept
@@ -61,11 +64,11 @@ def test_metaclip_tail_entry_keeps_all_its_pairs(pairs, t, seed):
 @settings(max_examples=150, deadline=None)
 @given(pairs=pairs_strategy, t=st.integers(1, 12))
 def test_expected_kept_per_entry_at_most_t(pairs, t):
-    counts = balance.count_entries(pairs)
+    counts = reference.count_entries(pairs)
     for qid, count in counts.items():  # each entry's own draws keep count * p_e = min(count, t) pairs
         assert count * balance.keep_probability(count, t) <= t + 1e-9
     single = [(uid, qids[:1]) for uid, qids in pairs]  # one entry per pair: the pair's expectation is the entry's
-    single_counts = balance.count_entries(single)
+    single_counts = reference.count_entries(single)
     for qid in single_counts:
         expected = sum(balance.pair_keep_probability(q, single_counts, t) for _, q in single if q == [qid])
         assert expected <= t + 1e-9
@@ -74,9 +77,9 @@ def test_expected_kept_per_entry_at_most_t(pairs, t):
 @settings(max_examples=150, deadline=None)
 @given(pairs=pairs_strategy, t=st.integers(1, 12), seed=st.integers(0, 3))
 def test_strict_never_exceeds_t_and_keeps_pure_tail_pairs(pairs, t, seed):
-    counts = balance.count_entries(pairs)
-    kept = balance.select_pairs(pairs, t, seed, mode="strict")
-    kept_counts = balance.count_entries([p for p in pairs if p[0] in kept])
+    counts = reference.count_entries(pairs)
+    kept = reference.select_pairs(pairs, t, seed, mode="strict")
+    kept_counts = reference.count_entries([p for p in pairs if p[0] in kept])
     assert all(n <= t for n in kept_counts.values())
     for uid, qids in pairs:
         if all(counts[q] <= t for q in qids):
@@ -88,14 +91,14 @@ def test_strict_never_exceeds_t_and_keeps_pure_tail_pairs(pairs, t, seed):
        shuffle_seed=st.integers(0, 1000), n_parts=st.integers(1, 4))
 def test_selection_is_deterministic_and_independent_of_order_and_partitioning(pairs, t, seed, mode, shuffle_seed,
                                                                               n_parts):
-    kept = balance.select_pairs(pairs, t, seed, mode)
-    assert balance.select_pairs(pairs, t, seed, mode) == kept
+    kept = reference.select_pairs(pairs, t, seed, mode)
+    assert reference.select_pairs(pairs, t, seed, mode) == kept
     shuffled = pairs[:]
     random.Random(shuffle_seed).shuffle(shuffled)
-    assert balance.select_pairs(shuffled, t, seed, mode) == kept
+    assert reference.select_pairs(shuffled, t, seed, mode) == kept
     # Each worker decides its partition with the global counts (and thresholds): the union is the same.
-    counts = balance.count_entries(pairs)
-    thresholds = balance.strict_thresholds(pairs, counts, t, seed)
+    counts = reference.count_entries(pairs)
+    thresholds = reference.strict_thresholds(pairs, counts, t, seed)
     parts = [shuffled[i::n_parts] for i in range(n_parts)]
     union = set()
     for part in parts:
@@ -107,10 +110,43 @@ def test_selection_is_deterministic_and_independent_of_order_and_partitioning(pa
     assert union == kept
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=6, unique=True), min_size=0, max_size=30),
+       st.integers(1, 6), st.integers(-3, 2**40))
+def test_head_only_draws_equal_the_pure_functions(id_lists, t, seed):
+    # Pairs whose entries all have count > t: the column-wise draws and expected size equal metaclip_keep and
+    # pair_keep_probability (same hashes, same double operations in the same order, round half to even).
+    counts = {qid: t + 1 + (qid * 7919) % 50 for qid in range(41)}
+    uids = [uid_of(f"http://x/{i}", "c") for i in range(len(id_lists))]
+    flat = np.array([q for ids in id_lists for q in ids], np.int64)
+    keep, expected = balance.head_only_draws(seed, uids, np.array([len(ids) for ids in id_lists], np.int32), flat,
+                                             np.array([counts[q] for q in flat.tolist()], np.int64), t)
+    want_keep, want_expected = balance.head_only_draws_py(seed, uids, id_lists, counts, t)
+    assert keep.tolist() == want_keep and expected == want_expected
+
+
+def test_head_only_draws_by_hand():
+    def draw(text: bytes) -> float:  # blake2b(seed \x1f uid \x1f entry, 8 bytes) as a big-endian fraction of 2**64
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2**64
+
+    # t = 1: entry 3 (count 4) has p = 0.25, entry 5 (count 2) p = 0.5
+    keep, expected = balance.head_only_draws(0, ["u", "v"], np.array([2, 1]), np.array([3, 5, 3]),
+                                             np.array([4, 2, 4]), 1)
+    assert keep.tolist() == [draw(b"0\x1fu\x1f3") < 0.25 or draw(b"0\x1fu\x1f5") < 0.5, draw(b"0\x1fv\x1f3") < 0.25]
+    assert expected == 625_000 + 250_000  # 1 - 0.75 * 0.5, and 0.25, in millionths
+
+
+def test_head_only_draws_refuse_inconsistent_input():
+    with pytest.raises(ValueError, match="count <= t"):
+        balance.head_only_draws(0, ["ab"], np.array([2]), np.array([1, 2]), np.array([5, 1]), 3)
+    with pytest.raises(ValueError, match="do not describe"):
+        balance.head_only_draws(0, ["ab", "cd"], np.array([2, 0]), np.array([1, 2]), np.array([5, 5]), 3)
+
+
 def test_strict_prefers_pairs_with_rare_entries():
     # Entry 0 is in 4 pairs, cap 2; the two pairs that also hold a tail entry (1, 2) win its budget.
     pairs = [("a", [0]), ("b", [0, 1]), ("c", [0]), ("d", [0, 2])]
-    assert balance.select_pairs(pairs, t=2, seed=0, mode="strict") == {"b", "d"}
+    assert reference.select_pairs(pairs, t=2, seed=0, mode="strict") == {"b", "d"}
 
 
 def test_balance_stats():
@@ -137,7 +173,7 @@ def random_pairs(n: int, n_entries: int, seed: int = 1) -> list[dict]:
 @pytest.mark.parametrize("mode", balance.MODES)
 def test_cap_pairs_transform_agrees_with_reference(mode):
     rows = random_pairs(150, 12)
-    expected = balance.select_pairs([(r["uid"], r["query_ids"]) for r in rows], t=12, seed=7, mode=mode)
+    expected = reference.select_pairs([(r["uid"], r["query_ids"]) for r in rows], t=12, seed=7, mode=mode)
     tables = [pa.Table.from_pylist(rows[k::3], schema=matched_schema()) for k in range(3)]
     with TestPipeline(argv=FAST) as p:
         kept, dropped, counts, _ = p | beam.Create(tables) | balance.CapPairsPerQuery(t=12, seed=7, mode=mode)
@@ -145,7 +181,7 @@ def test_cap_pairs_transform_agrees_with_reference(mode):
                     equal_to(sorted(expected)), label="Kept")
         assert_that(dropped | "DroppedUids" >> beam.FlatMap(lambda t: t.column("uid").to_pylist()),
                     equal_to(sorted({r["uid"] for r in rows} - expected)), label="Dropped")
-        assert_that(counts, equal_to([balance.count_entries([(r["uid"], r["query_ids"]) for r in rows])]),
+        assert_that(counts, equal_to([reference.count_entries([(r["uid"], r["query_ids"]) for r in rows])]),
                     label="Counts")
 
 
@@ -158,8 +194,8 @@ def test_decide_keep_on_a_table_matches_the_pure_functions(tmp_path, mode, layou
     rows = random_pairs(300, 8, seed=5)
     rows[3]["query_ids"], rows[7]["query_ids"], rows[11]["query_ids"] = [], None, [1, None]
     good = [(r["uid"], r["query_ids"]) for r in rows if r["query_ids"] and None not in r["query_ids"]]
-    counts = balance.count_entries(good)
-    thresholds = balance.strict_thresholds(good, counts, 20, 4)
+    counts = reference.count_entries(good)
+    thresholds = reference.strict_thresholds(good, counts, 20, 4)
     table = pa.Table.from_pylist(rows, schema=matched_schema())
     if layout == "chunks":
         table = pa.concat_tables([table.slice(0, 100), table.slice(100)])
@@ -172,7 +208,7 @@ def test_decide_keep_on_a_table_matches_the_pure_functions(tmp_path, mode, layou
     out = list(balance.DecideKeepFn(mode, 20, 4).process(table, counts, thresholds))
     kept = next(o for o in out if isinstance(o, pa.Table))
     dropped = next(o.value for o in out if not isinstance(o, pa.Table))
-    assert set(kept.column("uid").to_pylist()) == balance.select_pairs(good, 20, 4, mode)
+    assert set(kept.column("uid").to_pylist()) == reference.select_pairs(good, 20, 4, mode)
     assert kept.schema == balance.BALANCED_SCHEMA and dropped.schema == balance.REJECTED_SCHEMA
     reasons = dict(zip(dropped.column("uid").to_pylist(), dropped.column("reason").to_pylist()))
     assert reasons[rows[3]["uid"]] == reasons[rows[7]["uid"]] == balance.NO_QUERY_IDS
@@ -194,7 +230,7 @@ def write_matched(folder, rows: list[dict], n_entries: int, n_files: int = 2) ->
     for k in range(n_files):
         pq.write_table(pa.Table.from_pylist(rows[k::n_files], schema=matched_schema()),
                        folder / f"part-{k:05d}-of-{n_files:05d}.parquet")
-    counts = balance.count_entries([(r["uid"], r["query_ids"]) for r in rows])
+    counts = reference.count_entries([(r["uid"], r["query_ids"]) for r in rows])
     lines = ["query_id\tquery\tcount"] + [f"{q}\tword{q}\t{counts.get(q, 0)}" for q in range(n_entries)]
     (folder / "query_counts.tsv").write_text("\n".join(lines) + "\n")
     return str(folder)
@@ -211,7 +247,7 @@ def test_run_end_to_end(tmp_path, mode):
     out = tmp_path / "balanced"
     manifest = balance.run(["--matched", matched, "--out", str(out), "--t", "30", "--seed", "3", "--mode", mode,
                             "--rows-per-file", "50", *FAST])
-    expected = balance.select_pairs([(r["uid"], r["query_ids"]) for r in rows], t=30, seed=3, mode=mode)
+    expected = reference.select_pairs([(r["uid"], r["query_ids"]) for r in rows], t=30, seed=3, mode=mode)
     kept = read_rows(out)
     assert [r["uid"] for r in kept] != [] and {r["uid"] for r in kept} == expected
     assert pq.read_schema(next(out.glob("part-*.parquet"))).names == ["url", "caption", "uid", "query_ids"]

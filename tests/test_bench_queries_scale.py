@@ -17,7 +17,7 @@ def test_generated_dump_counts_as_the_generator_says(tmp_path):
     pages = 0
     for split in wikidump.plan_splits(str(dump)):
         for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
-            page = wikicore.parse_page_block(block)
+            page = wikitext.parse_page_block(block)
             assert page.ns == 0 and not page.redirect
             counter.add_page(page.text)
             pages += 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import html
 import io
 import json
 import socket
+import unicodedata
 
 import apache_beam as beam
 import numpy as np
@@ -125,7 +127,10 @@ def test_normalize_caption():
     ({"url": "http://a", "caption": "x"}, None),
 ])
 def test_raw_row_reason(row, reason):
-    assert match.raw_row_reason(row) == reason
+    # step 1 decides; a reader's reason comes first. Bounds 0..100 chars, 0 words and the query "x": nothing else
+    # can reject these rows.
+    kept, rejected = judge_rows([dict(row, source="s")], match.QueryMatcher(["x"]), None, (), 0, 100, 0)
+    assert [r for _, r in rejected] == ([reason] if reason else []) and len(kept) == (0 if reason else 1)
 
 
 @pytest.mark.parametrize("url, ok", [("http://a.com/x.jpg", True), ("HTTPS://a.com/x", True),
@@ -133,7 +138,8 @@ def test_raw_row_reason(row, reason):
                                      ("/relative.jpg", False), ("http://a b.com/x", False), ("http://", False),
                                      ("http://a.com?q=1", True)])
 def test_url_reason(url, ok):
-    assert (match.url_reason(url) is None) == ok
+    assert (match.checked_row(0, 100, 0, url, "a caption") != match.NOT_HTTP_URL) == ok
+    assert ref_url_ok(url) == ok   # the reference below agrees on the hand-picked cases
 
 
 def test_caption_reason():
@@ -144,11 +150,17 @@ def test_caption_reason():
     assert match.caption_reason("abc def", 5, 10, 2) is None
 
 
+def records_of(judged) -> list[dict]:
+    """A JudgedBatch's matched records as dicts."""
+    columns = [v.to_pylist() if isinstance(v, pa.Array) else v for v in judged.kept.values()]
+    return [dict(zip(judged.kept, values)) for values in zip(*columns)]
+
+
 def judge_rows(rows: list[dict], matcher, identify, languages, *bounds, keep_cols=()) -> tuple[list, list]:
     """judge_batch on row dicts: (matched records, [(row, reason)])."""
     judged = match.judge_batch(pool.RowBatch.from_rows(rows, keep_cols), matcher, identify, languages, *bounds,
                                keep_cols=keep_cols)
-    return judged.records(), [(rows[i], reason) for i, reason in judged.rejected]
+    return records_of(judged), [(rows[i], reason) for i, reason in judged.rejected]
 
 
 def test_judge_batch_order_and_record():
@@ -157,7 +169,7 @@ def test_judge_batch_order_and_record():
     kept, rejected = judge_rows([row], matcher, None, (), 5, 100, 1, keep_cols=("w",))
     assert rejected == [] and kept == [{"uid": uid_of("http://a/1.jpg", "A dog & me"), "url": "http://a/1.jpg",
                                         "caption": "A dog & me", "query_ids": [0], "w": "3", "source": "f:1"}]
-    assert match.candidate_record(row, matcher, 5, 100, 1, ("w",)) == (kept[0], None)
+    assert reference_record(row, ["dog"], 5, 100, 1, ("w",)) == (kept[0], None)
 
     def french(texts: list[str]) -> list[str]:  # a stand-in language identifier
         return ["fr"] * len(texts)
@@ -172,14 +184,58 @@ def test_judge_batch_order_and_record():
     assert len(judge_rows([row], matcher, unsure, ("en",), 5, 100, 1)[0]) == 1
 
 
+# ---- the recipe written out, independently of pipeline/match (judge_batch's reference) ----------------------
+
+def ref_raw_reason(row: dict) -> str | None:
+    """Step 1: a reader's reason first, then present url and caption, both strings."""
+    url, caption = row.get("url"), row.get("caption")
+    if row.get("reason"):
+        return row["reason"]
+    if url is None or url == "":
+        return match.MISSING_URL
+    if caption is None:
+        return match.MISSING_CAPTION
+    if not isinstance(url, str):
+        return match.NON_STRING_URL
+    if not isinstance(caption, str):
+        return match.NON_STRING_CAPTION
+    return None
+
+
+def ref_normalize(text: str) -> str:
+    """Step 2, MetaCLIP's clean-up: HTML entities unescaped, Unicode NFC, whitespace runs -> one space."""
+    return " ".join(unicodedata.normalize("NFC", html.unescape(text)).split())
+
+
+def ref_url_ok(url: str) -> bool:
+    """Step 3, URL: http or https, '://', a host (not starting with / ? #), no whitespace anywhere."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and rest[:1] not in ("", "/", "?", "#") \
+        and not any(c.isspace() for c in url)
+
+
+def ref_caption_reason(caption: str, min_chars: int, max_chars: int, min_words: int) -> str | None:
+    """Step 3, caption: non-empty, length in [min_chars, max_chars], at least min_words words."""
+    if not caption:
+        return match.EMPTY_CAPTION
+    if len(caption) < min_chars:
+        return match.CAPTION_TOO_SHORT
+    if len(caption) > max_chars:
+        return match.CAPTION_TOO_LONG
+    if len(caption.split()) < min_words:
+        return match.TOO_FEW_WORDS
+    return None
+
+
 def reference_record(row: dict, queries: list[str], min_chars: int, max_chars: int, min_words: int,
                      keep_cols: tuple[str, ...]) -> tuple[dict | None, str | None]:
-    """Steps 1-4 for one row, as the recipe states them, one function per check (judge_batch's reference)."""
-    reason = match.raw_row_reason(row)
+    """Steps 1-4 for one row, as the recipe states them, one function per check."""
+    reason = ref_raw_reason(row)
     if reason:
         return None, reason
-    url, caption = row["url"].strip(), match.normalize_caption(row["caption"])
-    reason = match.url_reason(url) or match.caption_reason(caption, min_chars, max_chars, min_words)
+    url, caption = row["url"].strip(), ref_normalize(row["caption"])
+    reason = (None if ref_url_ok(url) else match.NOT_HTTP_URL) or \
+        ref_caption_reason(caption, min_chars, max_chars, min_words)
     if reason:
         return None, reason
     query_ids = naive_match(queries, caption)
@@ -236,8 +292,8 @@ def reference_dedup(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: int, send_rows: int) -> tuple[list, list]:
     """The stage's DoFns by hand (no runner): batches -> JudgeBatchFn -> group by bucket -> KeepOnePerUrlFn."""
-    judge = match.JudgeBatchFn(queries_path, (), "fasttext", 0.0, (5, 100, 1), (), "pyahocorasick", buckets,
-                               send_rows=send_rows)
+    judge = match.JudgeBatchFn(match.MatchSettings(queries_path, (), "fasttext", 0.0, 5, 100, 1, (), "pyahocorasick",
+                                                   buckets), send_rows=send_rows)
     judge.setup()
     judge.start_bundle()
     grouped: dict[int, list] = {b: [None] for b in range(buckets)}  # None: the marker of an empty bucket
@@ -260,6 +316,13 @@ def run_bucketed(rows: list[dict], queries_path: str, batch_rows: int, buckets: 
     return kept, rejected
 
 
+def ref_rejected_record(row: dict, reason: str) -> dict:
+    """A rejected/ row: the reason, the source, url and caption as text (non-strings repr'd), cut to 4,096 chars."""
+    def text(value):
+        return None if value is None else (value if isinstance(value, str) else repr(value))[:4096]
+    return {"reason": reason, "source": row["source"], "url": text(row.get("url")), "caption": text(row.get("caption"))}
+
+
 @settings(max_examples=40, deadline=None)
 @given(pairs=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a dog", "one dog", "a cat", "dog", "x"])),
                       max_size=40),
@@ -272,8 +335,8 @@ def test_batches_and_buckets_equal_one_global_dedup(tmp_path_factory, pairs, bat
     ref_matched, ref_rejected = judge_rows(rows, match.QueryMatcher(["dog"]), None, (), 5, 100, 1)
     ref_kept, duplicates = reference_dedup(ref_matched)
     assert sorted(kept, key=lambda r: r["uid"]) == [{k: v for k, v in r.items() if k != "source"} for r in ref_kept]
-    expected = [match.rejected_record(row, reason) for row, reason in ref_rejected]
-    expected += [match.rejected_record(r, match.DUPLICATE_URL) for r in duplicates]
+    expected = [ref_rejected_record(row, reason) for row, reason in ref_rejected]
+    expected += [ref_rejected_record(r, match.DUPLICATE_URL) for r in duplicates]
     assert sorted(rejected, key=lambda r: r["source"]) == sorted(expected, key=lambda r: r["source"])
     assert len(kept) + len(rejected) == len(rows)
 
@@ -351,7 +414,7 @@ def test_read_csv_quoted_and_jsonl(tmp_path):
              json.dumps({"url": "http://a/2"}), json.dumps({"url": "http://a/3", "caption": 7})]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     rows = list(pool.read_pool_file(str(tmp_path / "p.jsonl"), pool.PoolSpec()))
-    reasons = [r.get("reason") or match.raw_row_reason(r) for r in rows]
+    reasons = [ref_raw_reason(r) for r in rows]
     assert reasons == [None, "malformed_row", "malformed_row", "missing_caption", "non_string_caption"]
 
 
@@ -374,7 +437,7 @@ def test_read_parquet_nulls_and_binary(tmp_path):
                       "TEXT": pa.array([b"a dog", b"\xffbad", b"x"], type=pa.binary())})
     pq.write_table(table, tmp_path / "p.parquet")
     rows = list(pool.read_pool_file(str(tmp_path / "p.parquet"), pool.PoolSpec(url_col="URL", caption_col="TEXT")))
-    assert [r.get("reason") or match.raw_row_reason(r) for r in rows] == [None, "invalid_utf8", "missing_url"]
+    assert [ref_raw_reason(r) for r in rows] == [None, "invalid_utf8", "missing_url"]
 
 
 def write_wat(path) -> None:
@@ -407,8 +470,6 @@ def test_read_wat_image_links(tmp_path):
 
 
 def test_pool_file_errors(tmp_path):
-    with pytest.raises(pool.PoolError, match="empty pool"):
-        pool.expand_pool([str(tmp_path / "*.parquet")])
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(pool.PoolError, match="not a readable parquet"):
         pool.check_pool_files([str(tmp_path / "bad.parquet")], pool.PoolSpec())
@@ -618,7 +679,7 @@ def test_match_captions_transform(tmp_path):
     (winner, loser) = sorted([0, 1], key=lambda i: uid_of(*pairs[i]))  # the smaller uid keeps the URL
     with TestPipeline(argv=FAST) as p:
         buckets = (p | beam.Create([rows[:1], rows[1:4], rows[4:]])  # batches; the two http://a/1 rows apart
-                   | match.MatchCaptionsToQueries(queries, languages=(), min_chars=5, buckets=3))
+                   | match.MatchCaptionsToQueries(match.MatchSettings(queries, languages=(), min_chars=5, buckets=3)))
         assert_that(buckets | "Buckets" >> beam.Map(lambda b: b[0]), equal_to([0, 1, 2]), label="CheckBuckets")
         assert_that(buckets | "Pairs" >> beam.FlatMap(
                         lambda b: [(r["uid"], r["caption"], r["query_ids"]) for r in b[1].to_pylist()]),
@@ -673,7 +734,7 @@ def test_run_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"--queries": "{tmp}/bad-queries.tsv"}, "not a query list"),
-    ({"--pool": "{tmp}/missing-*.parquet"}, "empty pool"),
+    ({"--pool": "{tmp}/missing-*.parquet"}, "no file matches"),
     ({"--pool": "{tmp}/corrupt.parquet"}, "not a readable parquet"),
     ({"--caption-col": "CAPTION"}, "no column 'CAPTION'"),
     ({"--min-caption-chars": "50", "--max-caption-chars": "10"}, "min-caption-chars"),

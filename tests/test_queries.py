@@ -344,7 +344,7 @@ def test_truncated_stream_and_malformed_page_are_counted_and_the_run_goes_on(tmp
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "no input file matches"),
+    (None, "no file matches"),
     (b"", "is empty"),
     (b"caption\turl\nhello\thttp://x\n", "is not a MediaWiki export"),
     (bz2.compress(b"just some text, not xml"), "is not a MediaWiki export"),

@@ -186,8 +186,8 @@ def test_bad_input_files_exit_with_one_line(tmp_path):
         shards.open_input(str(tmp_path / "bad.parquet"))
     with pytest.raises(SystemExit, match="missing column.*uid"):
         shards.open_input(str(tmp_path / "cols.parquet"))
-    with pytest.raises(SystemExit, match="no input parquet"):
-        shards.expand_inputs(str(tmp_path / "nothing-*.parquet"))
+    with pytest.raises(SystemExit, match="shards: no file matches .*nothing-"):
+        shards.run(["--input", str(tmp_path / "nothing-*.parquet"), "--out", str(tmp_path / "out")])
 
 
 def test_prepare_input_filters_names_and_keeps_file_order(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench import bench_train
-from train.data import expand_shards
+from pipeline.common.files import expand
 from demo.synthetic import write_shards
 
 
@@ -15,7 +15,7 @@ from demo.synthetic import write_shards
 def test_loader_and_training_measurements_render_a_section(tmp_path):
     write_shards(tmp_path, "noise", shards=2, per_shard=40, image_size=48)
     shards = f"{tmp_path}/{{00000..00001}}.tar"
-    loader = bench_train.loader_suite(expand_shards(shards), image_size=32, context=32, workers=1, rounds=2)
+    loader = bench_train.loader_suite(expand(shards, ".tar"), image_size=32, context=32, workers=1, rounds=2)
     assert loader["samples"] == loader["loader_workers"]["samples"] == 80 and loader["rounds"] == 2
     assert len(loader["ratio_per_round"]) == 2 and loader["loader_vs_pil_decode"] > 0
     assert loader["cores_per_gpu"]["1500"] == pytest.approx(1500 / loader["loader"], abs=0.05)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from train.config import DataCfg
-from train.data import (expand_shards, make_loader, make_pipeline, random_resized_crop_box, to_model_input,
+from pipeline.common.files import expand
+from train.data import (make_loader, make_pipeline, random_resized_crop_box, to_model_input,
                         count_samples)
 from demo.synthetic import write_shards
 
@@ -30,7 +31,7 @@ def cfg(**kw) -> DataCfg:
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     write_shards(out, "shapes", shards=4, per_shard=15, image_size=24)
-    return expand_shards(f"{out}/{{00000..00003}}.tar")
+    return expand(f"{out}/{{00000..00003}}.tar", ".tar")
 
 
 def keys_of(batches) -> list[str]:
@@ -136,4 +137,4 @@ def test_pipe_and_file_urls_stream_like_paths(shards):
 
 def test_a_directory_means_its_tar_files(shards):
     from pathlib import Path
-    assert expand_shards(str(Path(shards[0]).parent)) == shards
+    assert expand(str(Path(shards[0]).parent), ".tar") == shards

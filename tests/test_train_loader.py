@@ -21,10 +21,11 @@ from PIL import Image
 
 from bench.bench_train import previous_transform   # the loader's PIL path before the change
 from demo.synthetic import noise_sample, shapes_sample, write_shards
+from pipeline.common.files import expand
 from pipeline.common.images import DECODE_ERRORS, open_rgb
 from train.config import DataCfg
 from train.data import (OPENAI_MEAN, OPENAI_STD, SkipCounter, crop_and_resize, decode_for_training, draft_scale,
-                        expand_shards, make_pipeline, random_resized_crop_box, sample_image_and_caption,
+                        make_pipeline, random_resized_crop_box, sample_image_and_caption,
                         shuffle_samples, tar_to_samples, to_model_input, train_transform, worker_rng)
 
 PHOTOS = sorted((Path(__file__).resolve().parent.parent / "data" / "sample" / "photos").glob("*"))
@@ -144,7 +145,7 @@ def test_against_the_previous_path_only_the_crop_border_differs():
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     write_shards(out, "noise", shards=3, per_shard=20, image_size=64)
-    return expand_shards(f"{out}/{{00000..00002}}.tar")
+    return expand(f"{out}/{{00000..00002}}.tar", ".tar")
 
 
 def previous_pipeline(urls, size, seed, epoch, bufsize, initial):

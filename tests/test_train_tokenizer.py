@@ -20,7 +20,7 @@ from train.tokenizer import (DEFAULT_MERGES, N_MERGES, VOCAB_SIZE, ClipTokenizer
 @pytest.fixture(scope="module")
 def merges_path():
     if not DEFAULT_MERGES.exists():
-        pytest.fail(f"{DEFAULT_MERGES} is missing: run `make sample-data` to fetch CLIP's BPE merges")
+        pytest.fail(f"{DEFAULT_MERGES} is missing: it ships as package data (pyproject.toml)")
     return DEFAULT_MERGES
 
 
@@ -126,7 +126,7 @@ def test_context_length_is_configurable(merges_path):
 
 
 def test_missing_merges_file_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make sample-data"):
+    with pytest.raises(FileNotFoundError, match="nope.txt.gz is missing .*ships with the package"):
         ClipTokenizer(tmp_path / "nope.txt.gz")
 
 
@@ -137,6 +137,25 @@ def test_ids_match_the_reference_bpe_on_any_text(tokenizer, reference_bpe, text)
     reference = reference_bpe.encode(text)[:75]
     got = tokenizer([text])[0]
     assert got[1:len(reference) + 1].tolist() == reference and got[len(reference) + 1] == 49407
+
+
+def test_default_merges_ship_inside_the_package():
+    # The tokenizer must work in an installed package, without data/sample: the file lives in train/ and
+    # pyproject.toml lists it as package data (setuptools copies it into the wheel).
+    import hashlib
+    import tomllib
+    from pathlib import Path
+
+    import train
+
+    package = Path(train.__file__).resolve().parent
+    assert DEFAULT_MERGES.parent.parent == package
+    relative = DEFAULT_MERGES.relative_to(package)
+    patterns = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["train"]
+    assert any(relative.match(p) for p in patterns)
+    # the same bytes as open_clip_torch 3.3.0's copy (train/assets/NOTICE.md)
+    assert hashlib.sha256(DEFAULT_MERGES.read_bytes()).hexdigest() == \
+        "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
 
 # ids from open_clip 3.3.0's SimpleTokenizer, run by hand (vocabulary: 320 "a", 2368 "cat", 257 '"', 568 "'s")

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from pipeline.common import files
 from train import config as config_lib
-from train.data import expand_shards, make_pipeline
+from train.data import make_pipeline
 
 
 def main(shards: str, config: str, out: str) -> None:
     dist.init_process_group("gloo")   # rank and world size come from torchrun's environment
     cfg = config_lib.load(config, ["data.workers=0"])
-    urls = expand_shards(shards)
+    urls = files.expand(shards, ".tar", check_named=False)   # as train.train lists them
     keys = {}
     for epoch in (0, 1):
         batches = make_pipeline(urls, cfg.data, cfg.model.vision.image_size, cfg.model.text.context_length,

@@ -55,7 +55,7 @@ class DataCfg:
     shuffle_initial: int = 500     # samples buffered before the first one leaves
     crop_scale: tuple[float, float] = (0.9, 1.0)   # open_clip AugmentationCfg.scale default
     on_error: str = "skip"         # "skip": count and log corrupt samples/shards; "raise": fail (tests)
-    merges: str = ""               # CLIP BPE merges file ("" = data/sample/bpe_simple_vocab_16e6.txt.gz)
+    merges: str = ""               # CLIP BPE merges file ("" = the one shipped in train/assets/)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Streaming training data: WebDataset shards -> augmented, tokenized batches. Nothing is extracted to disk.
 
 Stage: `train`. In: shards in img2dataset's WebDataset layout (`KEY.jpg`, `KEY.txt`, `KEY.json` per
-sample), named by local paths (or a directory of them), fsspec URLs (`s3://`, `gs://`, `hf://`,
-`file://`), `pipe:` commands or http(s) URLs, with brace patterns (`shards/x/{00000..00099}.tar`) and
+sample), as `pipeline.common.files.expand` lists them: local paths or a folder of them, globs, fsspec URLs
+(`s3://`, `gs://`, `hf://`), `pipe:` commands or http(s) URLs, brace patterns (`shards/x/{00000..00099}.tar`),
 `::` between several specs.
 Out: dicts `{"images": uint8 (n, 3, s, s), "texts": int64 (n, context), "keys": [...], "skipped": {...}}`
 (a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`).
@@ -13,35 +13,8 @@ The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
   tar to samples -> shuffle buffer -> decode + random resized crop into the batch's block + tokenize.
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
-
-Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
-worker, then dealt out by rank and by worker, so each sample is read exactly once per epoch (tested).
-Ranks can hold different numbers of samples; train.py ends the epoch for all ranks as soon as one runs
-out (one tiny all-reduce per step), so no rank waits forever in a collective. Resampled mode (for many
-nodes, or fewer shards than ranks x workers): each worker draws shards with replacement from its own
-seeded stream, and every worker yields the same number of batches per epoch (`with_epoch`), so all ranks
-take the same number of steps.
-
-Determinism: every random choice (shard order, shuffle buffer, crops) comes from a `random.Random`
-seeded by (seed, epoch, rank, worker), so a resumed run can replay an epoch's batch order exactly.
-
-Corrupt data (truncated tars, missing files, undecodable images, captions that are not UTF-8) is
-skipped and counted per reason with `on_error="skip"`, and raised with `on_error="raise"` (tests).
-
-Augmentation is CLIP's only one: "a random square crop from resized images" (Radford et al. 2021,
-section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's training defaults
-(`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
-install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
-simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
-uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
-
-Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
-BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
-both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
-faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
-tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
-PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
-not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
+Epochs, determinism, corrupt data, augmentation and where a sample's time goes: the comment below the imports.
+Numbers: BENCHMARKS.md, "Training".
 """
 
 from __future__ import annotations
@@ -54,7 +27,6 @@ import math
 import random
 from collections import Counter
 from functools import partial
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -65,32 +37,51 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.common.images import DECODE_ERRORS, open_rgb
+from pipeline.common.images import DECODE_ERRORS, image_member, open_rgb
 from train.config import DataCfg
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
+
+# Epochs, determinism, corrupt data, augmentation, time per sample
+#
+# Epochs. Finite mode: the shard list is shuffled with a seed of (seed, epoch), the same on every rank and
+# worker, then dealt out by rank and by worker, so each sample is read exactly once per epoch (tested).
+# Ranks can hold different numbers of samples; train.py ends the epoch for all ranks as soon as one runs
+# out (one tiny all-reduce per step), so no rank waits forever in a collective. Resampled mode (for many
+# nodes, or fewer shards than ranks x workers): each worker draws shards with replacement from its own
+# seeded stream, and every worker yields the same number of batches per epoch (`with_epoch`), so all ranks
+# take the same number of steps.
+#
+# Determinism: every random choice (shard order, shuffle buffer, crops) comes from a `random.Random`
+# seeded by (seed, epoch, rank, worker), so a resumed run can replay an epoch's batch order exactly.
+#
+# Corrupt data (truncated tars, missing files, undecodable images, captions that are not UTF-8) is
+# skipped and counted per reason with `on_error="skip"`, and raised with `on_error="raise"` (tests).
+#
+# Augmentation is CLIP's only one: "a random square crop from resized images" (Radford et al. 2021,
+# section 2.5), implemented as torchvision's RandomResizedCrop with open_clip's training defaults
+# (`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
+# install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
+# simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
+# uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+#
+# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
+# BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
+# both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
+# faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
+# tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
+# PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
+# not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_DATASET_MEAN
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)   # open_clip constants.OPENAI_DATASET_STD
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")          # img2dataset's output formats
 CROP_RATIO = (3 / 4, 4 / 3)                          # torchvision RandomResizedCrop default ratio
 
 
 def seed_of(*parts) -> int:
     """A 64-bit seed from any parts; the same in every process (unlike `hash()` of a str)."""
     return int.from_bytes(hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
-
-
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Brace patterns and `::`-separated specs -> the list of shard URLs; a local directory means its *.tar."""
-    if isinstance(spec, str) and Path(spec).is_dir():
-        urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
-    else:
-        urls = wds.shardlists.expand_urls(spec) if isinstance(spec, str) else list(spec)
-    if not urls:
-        raise ValueError(f"no shards in {spec!r}")
-    return urls
 
 
 def count_samples(urls: list[str]) -> int | None:
@@ -182,7 +173,7 @@ def _pop_random(buffer: list, rng: random.Random):
 
 
 def sample_image_and_caption(sample: dict) -> tuple[bytes, str]:
-    image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+    image = image_member(sample)
     if image is None or "txt" not in sample:
         raise ValueError(f"sample has no image or no caption (fields: {sorted(k for k in sample if k[0] != '_')})")
     return image, sample["txt"].decode("utf-8")

@@ -1,10 +1,10 @@
 """CLIP's byte-pair-encoding tokenizer, identical to open_clip's, with fast batch encoding.
 
 Stage: `train` (captions -> token ids) and `zeroshot` (prompts -> token ids).
-In: CLIP's merges file `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, shipped in the open_clip_torch 3.3.0
-wheel, MIT; `make sample-data` puts it in data/sample). Out: int64 arrays of shape (n, context_length),
-`<start_of_text> ids... <end_of_text>` then zeros, truncated as open_clip's `tokenize` does (the last
-kept position becomes `<end_of_text>`, so the text tower can always find it by argmax).
+In: CLIP's merges file `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, MIT), shipped with this package in
+`train/assets/` as open_clip ships it (source and licence: train/assets/NOTICE.md). Out: int64 arrays of
+shape (n, context_length), `<start_of_text> ids... <end_of_text>` then zeros, truncated as open_clip's
+`tokenize` does (the last kept position becomes `<end_of_text>`, so the text tower can always find it by argmax).
 
 The same ids as open_clip 3.3.0's `SimpleTokenizer` (clean="lower") on any string, by following its steps:
 `ftfy.fix_text` (curly quotes, ligatures, width forms, mojibake, control characters; NFC), HTML entities
@@ -29,7 +29,7 @@ import regex
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-DEFAULT_MERGES = Path(__file__).resolve().parent.parent / "data" / "sample" / "bpe_simple_vocab_16e6.txt.gz"
+DEFAULT_MERGES = Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"   # package data
 VOCAB_SIZE = 49_408        # CLIP: 49,152 BPE tokens + 256 byte tokens, as the paper's vocabulary
 CONTEXT_LENGTH = 77        # CLIP: "max sequence length was capped at 76" + start token
 N_MERGES = 49_152 - 256 - 2  # CLIP SimpleTokenizer: merges[1 : 49152 - 256 - 2 + 1]
@@ -57,7 +57,8 @@ def read_merges(path: str | Path = DEFAULT_MERGES) -> list[tuple[str, str]]:
     """The ranked merges of CLIP's BPE file (first line is a version header)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"CLIP BPE merges file {path} is missing: run `make sample-data` to fetch it")
+        raise FileNotFoundError(f"CLIP BPE merges file {path} is missing (the default, {DEFAULT_MERGES.name}, "
+                                "ships with the package: leave --merges / data.merges unset to use it)")
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     return [tuple(line.split()) for line in lines[1:N_MERGES + 1]]
 

@@ -46,7 +46,9 @@ from tqdm import tqdm
 
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
-from train.data import expand_shards, make_loader, to_model_input
+from pipeline.common.files import expand
+from pipeline.common.logs import setup_logging
+from train.data import make_loader, to_model_input
 from train.loss import clip_loss, gather_features
 from train.model import CLIP
 from train.weights import WeightsError, load_weights
@@ -240,9 +242,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_args(argv)
     rank, world_size, device = setup_distributed(args.device)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    out, urls = Path(args.out), expand_shards(args.shards)
+    setup_logging(logging.INFO if rank == 0 else logging.WARNING)
+    out, urls = Path(args.out), expand(args.shards, ".tar", check_named=False)
     out.mkdir(parents=True, exist_ok=True)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.common import files
 from train import config as config_lib
 from train.config import ModelCfg, TextCfg, VisionCfg
 
-log = logging.getLogger("weights")
+log = logging.getLogger("train.weights")
 
 OPEN_CLIP_CONFIGS = Path(__file__).resolve().parent / "configs" / "open_clip"
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")   # in OpenAI's archives, not weights
@@ -79,7 +80,7 @@ def model_config(spec: str) -> ModelCfg:
     if not path.is_file():
         path, quick_gelu = Path(spec), None
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in OPEN_CLIP_CONFIGS.glob("*.json")))
+        known = ", ".join(Path(p).stem for p in files.find(str(OPEN_CLIP_CONFIGS), ".json"))
         raise WeightsError(f"--model {spec}: neither a known name ({known}, each also with -quickgelu) nor a file")
     try:
         values = json.loads(path.read_text())

@@ -37,12 +37,14 @@ import torch
 from pipeline.common.evalsets import (EvalSet, classname_candidates, iter_eval_images, layout_of, load_classnames,
                                       open_eval_set, parse_eval_spec, shipped_list)
 from pipeline.common.images import DECODE_ERRORS, eval_image
-from train.data import SkipCounter, expand_shards, sample_image_and_caption, tar_to_samples, to_model_input
+from pipeline.common.files import expand
+from pipeline.common.logs import setup_logging
+from train.data import SkipCounter, sample_image_and_caption, tar_to_samples, to_model_input
 from train.model import CLIP
 from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 from train.weights import WeightsError, load_model
 
-log = logging.getLogger("zeroshot")
+log = logging.getLogger("train.zeroshot")
 
 TEMPLATES = {
     "photo": ["a photo of a {}."],   # CLIP section 3.1.4
@@ -69,7 +71,7 @@ def pair_features(model: CLIP, tokenizer: ClipTokenizer, spec: str, limit: int, 
     """Image and text features of up to `limit` held-out pairs, in shard order; broken samples skipped."""
     skips = SkipCounter("skip")
     arrays, captions, image_features = [], [], []
-    for sample in tar_to_samples(({"url": u} for u in expand_shards(spec)), skips.handler):
+    for sample in tar_to_samples(({"url": u} for u in expand(spec, ".tar", check_named=False)), skips.handler):
         try:
             data, caption = sample_image_and_caption(sample)
             arrays.append(eval_image(data, size))
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="results JSON (default: zeroshot_<eval set>.json beside the checkpoint); "
                                       "CLIP_benchmark's JSON files go to clip_benchmark/ beside it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     if not args.eval_set and not args.pairs:
         parser.error("give --eval-set, --pairs, or both")
 

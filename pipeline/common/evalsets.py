@@ -26,7 +26,6 @@ CSV/WebDataset set without class names raises `EvalSetError` with one line sayin
 from __future__ import annotations
 
 import dataclasses
-import glob
 import gzip
 import hashlib
 import io
@@ -37,11 +36,13 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import yaml
 from PIL import Image
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
+from pipeline.common.images import image_member
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
@@ -168,26 +169,24 @@ def iter_imagefolder(root: str) -> Iterator[tuple[str, int, bytes]]:
 
 
 def tar_paths(path: str) -> list[str]:
-    """The tar files of a WebDataset set: one file, every tar in a folder, or a brace pattern."""
-    if "{" in path:
-        import braceexpand  # webdataset's dependency, always installed alongside it
-        return [p for p in braceexpand.braceexpand(path)]
-    if os.path.isdir(path):
-        return sorted(p for p in glob.glob(os.path.join(path, "*")) if p.endswith(TAR_SUFFIXES))
-    return [path]
+    """The tar files of a WebDataset eval set (one file, a folder, a glob or a brace pattern); EvalSetError if none."""
+    try:
+        return files.expand(path, TAR_SUFFIXES)
+    except files.NoFilesError as e:
+        raise EvalSetError(f"eval set {e}") from None
 
 
 def iter_webdataset(path: str) -> Iterator[tuple[str, int, bytes]]:
     for tar_path in tar_paths(path):
-        opener = gzip.open if tar_path.endswith((".tgz", ".gz")) else open
+        compression = "gzip" if tar_path.endswith((".tgz", ".gz")) else None
         try:
-            with opener(tar_path, "rb") as f:
+            with fsspec.open(tar_path, "rb", compression=compression) as f:
                 samples = [(key, {rawtar.extension(m): m.data for m in members})
                            for key, members in rawtar.group_by_key(rawtar.iter_members(f))]
         except (OSError, tarfile.TarError, EOFError) as e:
             raise EvalSetError(f"{tar_path}: unreadable eval shard: {e}") from None
         for key, sample in samples:
-            image = next((sample[e] for e in ("jpg", "jpeg", "png", "webp") if e in sample), None)
+            image = image_member(sample)
             if image is None or "cls" not in sample:
                 continue  # not an image sample (e.g. a __meta__ entry)
             try:
@@ -234,11 +233,11 @@ def iter_eval_images(eval_set: EvalSet) -> Iterator[tuple[str, int, bytes]]:
 def eval_set_signature(eval_set: EvalSet) -> str:
     """A short digest of the set's files (paths, sizes, mtimes): the key of its hash cache."""
     if eval_set.layout == "imagefolder":
-        files = sorted(p for p in Path(eval_set.path).rglob("*") if p.is_file())
+        paths = sorted(p for p in Path(eval_set.path).rglob("*") if p.is_file())
     else:
-        files = [Path(p) for p in tar_paths(eval_set.path)] if eval_set.layout == "webdataset" else [Path(eval_set.path)]
+        paths = [Path(p) for p in tar_paths(eval_set.path)] if eval_set.layout == "webdataset" else [Path(eval_set.path)]
     digest = hashlib.blake2b(digest_size=8)
-    for f in files:
+    for f in paths:
         st = f.stat()
         digest.update(f"{f}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

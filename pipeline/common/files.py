@@ -1,9 +1,31 @@
-"""Turning a path into files, local or through fsspec."""
+"""The one door to files: a spec becomes a sorted file list; files open for reading or writing through fsspec.
+
+A spec is one file, a folder (its files ending in the caller's suffix, not recursive), a glob (`*`, `?`, `[`),
+a brace pattern (`{00000..00099}`, `{a,b}`; expanded first, so `{a,b}/*.tar` works), or several of these in a
+list or joined by `::` (webdataset's separator). Any of them may be an fsspec URL (`s3://`, `gs://`,
+`memory://`...). `pipe:` commands and http(s) URLs are streams, not listable: their brace patterns are expanded
+and kept as written. Every stage, the trainer, the eval-set readers and the benchmarks list their inputs here,
+so a spec that works for one works for all; nothing else globs or brace-expands.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+
+import braceexpand
 import fsspec
 import fsspec.implementations.local
+
+GLOB_CHARS = "*?["
+STREAM_PREFIXES = ("pipe:", "http://", "https://")
+
+
+class NoFilesError(ValueError):
+    """A spec that names no file: one line naming the spec."""
 
 
 def qualified(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -11,8 +33,131 @@ def qualified(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else fs.unstrip_protocol(path)
 
 
-def expand_files(pattern: str, suffix: str) -> list[str]:
-    """Files named by a glob, or the `*<suffix>` files of a folder (local or fsspec), sorted."""
-    fs, path = fsspec.core.url_to_fs(pattern)
-    paths = fs.glob(path.rstrip("/") + f"/*{suffix}") if fs.isdir(path) else fs.glob(path)
-    return [qualified(fs, p) for p in sorted(paths)]
+def _parts(spec: str | Iterable[str]) -> list[str]:
+    """A spec's single specs: list items and `::`-separated parts, each brace-expanded."""
+    items = spec.split("::") if isinstance(spec, str) else list(spec)
+    return [p for item in items if item for p in braceexpand.braceexpand(item)]
+
+
+def _files_of(part: str, suffixes: tuple[str, ...], check_named: bool) -> list[str] | None:
+    """The files one expanded part names; None when it names one file that does not exist."""
+    if part.startswith(STREAM_PREFIXES):
+        return [part]
+    if not check_named and any(suffixes) and part.endswith(suffixes) and not any(c in part for c in GLOB_CHARS):
+        return [part]   # taken as named: no filesystem call (10,000 brace-named shards on S3 are not 10,000 HEADs)
+    fs, path = fsspec.core.url_to_fs(part)
+    if any(c in path for c in GLOB_CHARS):
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+    elif fs.isdir(path):
+        found = [p for p in fs.ls(path, detail=False) if p.endswith(suffixes) and fs.isfile(p)]
+    else:
+        return [part] if fs.isfile(path) else None   # one named file stays as written (relative stays relative)
+    return [qualified(fs, p) for p in found]
+
+
+def _listing(spec: str | Iterable[str], suffixes: tuple[str, ...],
+             check_named: bool = True) -> tuple[list[str], list[str]]:
+    """(files, parts that name a missing file) of a spec."""
+    files: set[str] = set()
+    missing: list[str] = []
+    try:
+        for part in _parts(spec):
+            found = _files_of(part, suffixes, check_named)
+            if found is None:
+                missing.append(part)
+            else:
+                files.update(found)
+    except (OSError, ValueError) as e:   # an unreachable store or a malformed URL: one line, not a traceback
+        raise NoFilesError(f"cannot list {spec!r}: {e}") from None
+    return sorted(files), missing
+
+
+def _suffixes(suffix: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (suffix,) if isinstance(suffix, str) else tuple(suffix)
+
+
+def find(spec: str | Iterable[str], suffix: str | tuple[str, ...] = "") -> list[str]:
+    """The files a spec names, sorted and de-duplicated; [] when there are none (for a stage's own outputs)."""
+    return _listing(spec, _suffixes(suffix))[0]
+
+
+def expand(spec: str | Iterable[str], suffix: str | tuple[str, ...] = "", *, check_named: bool = True) -> list[str]:
+    """The files a spec names, sorted and de-duplicated (inputs).
+
+    NoFilesError when any item of the spec (a list element) names nothing, or when a file it names
+    explicitly (directly or through a brace pattern) does not exist: an input is never dropped silently.
+    `check_named=False` (the trainer, which skips and counts a shard that cannot be read) keeps the files
+    named with the suffix as written, unchecked, without a filesystem call each.
+    """
+    suffixes = _suffixes(suffix)
+    files: set[str] = set()
+    for item in [spec] if isinstance(spec, str) else list(spec):
+        found, missing = _listing(item, suffixes, check_named)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise NoFilesError(f"no file matches {missing[0]!r}{more}")
+        if not found:
+            folders = f" (in a folder: its *{'|*'.join(suffixes)} files)" if any(suffixes) else ""
+            raise NoFilesError(f"no file matches {item!r}{folders}")
+        files.update(found)
+    return sorted(files)
+
+
+def exists(path: str) -> bool:
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
+def size(path: str) -> int:
+    """Bytes of a file."""
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.size(p)
+
+
+def makedirs(path: str) -> None:
+    """Create a folder and its parents (object stores have no folders: a no-op there)."""
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(p, exist_ok=True)
+
+
+def remove(paths: list[str]) -> None:
+    """Delete files (of one filesystem: one batched call on object stores)."""
+    if paths:
+        fs, _ = fsspec.core.url_to_fs(paths[0])
+        fs.rm([fsspec.core.url_to_fs(p)[1] for p in paths])
+
+
+def open_file(path: str, mode: str = "rb", **kwargs):
+    """An fsspec file object (`compression="infer"` opens .gz/.bz2/.xz/.zst by suffix)."""
+    return fsspec.open(path, mode, **kwargs).open()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
+    """Write `path` so that readers see the old file or the whole new one, never a part; a failed write
+    leaves the old file.
+
+    Locally: write a hidden sibling, then rename it over the file (atomic on POSIX). Elsewhere the bytes are
+    collected and put in one call at the end: on object stores a put is atomic by itself. For the small files
+    written this way (query lists, manifests, reports), not for shards.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode {mode!r} (expected 'w' or 'wb')")
+    fs, p = fsspec.core.url_to_fs(path)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        folder, name = os.path.split(p)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, mode, **kwargs) as f:
+                yield f
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    buffer = io.BytesIO()
+    text = io.TextIOWrapper(buffer, **kwargs) if mode == "w" else None
+    yield text if text is not None else buffer
+    if text is not None:
+        text.flush()
+    fs.pipe_file(p, buffer.getvalue())

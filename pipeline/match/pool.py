@@ -1,39 +1,10 @@
 """Candidate-pool readers for the `match` stage: tabular files (parquet, TSV, CSV, JSONL) and Common Crawl WAT.
 
-In: local or fsspec paths/globs. Out: raw rows `{"source", "url", "caption", "meta"}` where url and caption
+In: local or fsspec files (listed by pipeline.common.files; a folder means its pool-format files). Out: raw rows `{"source", "url", "caption", "meta"}` where url and caption
 are whatever the file held (None, numbers, strings with undecodable bytes kept as surrogates); a row the
 reader could not parse at all carries `"reason": "malformed_row"`. Judging rows is `match.judge_batch`'s
 job, so every physical row is read exactly once and counted exactly once.
-
-The stage reads rows by column (`read_pool_batches` -> `RowBatch`: a list per column, the same rows as
-`read_pool_range` gives one dict at a time): a dict per row cost more than matching it does not, and the
-judge works column-wise. Parquet batches come straight from Arrow's record batches (no dict per row);
-the text formats and WAT are parsed row by row and transposed.
-
-Splitting (a 50 GB pool file must be read by many workers): `plan_ranges` cuts a file into `PoolRange`s
-of about `range_bytes`, each read by `read_pool_range` on its own, and the ranges of a file together
-give exactly the rows of reading it whole:
-- parquet: runs of consecutive row groups (a row group is parquet's unit of parallel reading);
-- uncompressed TSV and JSONL: byte ranges; a line belongs to the range its first byte is in (the reader
-  of a range skips the partial line it starts in and reads past its end to finish its last line, as
-  Beam's splittable text source does); a TSV header line is read separately by every range;
-- not split, read whole by one worker: compressed text (`.gz`, `.bz2`...: a compressed stream cannot be
-  entered in the middle), CSV (a quoted field may hold a newline, so a byte offset cannot tell where a
-  record starts) and WAT (gzip members of variable size; one file is ~1 GB, Common Crawl's own unit of work).
-Lines are split on `\\n` only (`\\r\\n` endings are stripped; a lone `\\r` is whitespace inside a field), so
-split and whole reads agree byte for byte. Row sources name the row: `path:N` (parquet row number),
-`path:byteN` (offset of the line or CSV record: line numbers cannot be known inside a range), WAT
-`path:recordN:imgK`.
-
-Column names follow img2dataset's `url_col` / `caption_col` convention (LAION parquet: `URL`/`TEXT`).
-A headerless TSV/CSV (CC3M: `caption \\t url`) is read with `header=False` and 0-based column positions.
-TSV is split on tabs without quoting (as the CC3M and img2dataset TSVs are written); CSV uses the csv module.
-Empty lines are not rows. WAT (Common Crawl's metadata records): one row per `<img>` link, i.e. every
-`Links` entry with `path == "IMG@/src"`, its `alt` text as caption and its `url` resolved against the
-page's `<base href>` or URL (urljoin), the page URL kept as `meta["page_url"]`.
-
-Whole-file problems (no file matches, an unknown format, a corrupt parquet footer, a missing column) raise
-`PoolError` before the pipeline starts: `check_pool_files` is called by `match.run`.
+Reading by column, splitting files into ranges, formats and row sources: the comment below the imports.
 """
 
 from __future__ import annotations
@@ -52,10 +23,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.utils import infer_compression
 
+# Reading, splitting and formats
+#
+# The stage reads rows by column (`read_pool_batches` -> `RowBatch`: a list per column, the same rows as
+# `read_pool_range` gives one dict at a time): a dict per row cost more than matching it does not, and the
+# judge works column-wise. Parquet batches come straight from Arrow's record batches (no dict per row);
+# the text formats and WAT are parsed row by row and transposed.
+#
+# Splitting (a 50 GB pool file must be read by many workers): `plan_ranges` cuts a file into `PoolRange`s
+# of about `range_bytes`, each read by `read_pool_range` on its own, and the ranges of a file together
+# give exactly the rows of reading it whole:
+# - parquet: runs of consecutive row groups (a row group is parquet's unit of parallel reading);
+# - uncompressed TSV and JSONL: byte ranges; a line belongs to the range its first byte is in (the reader
+#   of a range skips the partial line it starts in and reads past its end to finish its last line, as
+#   Beam's splittable text source does); a TSV header line is read separately by every range;
+# - not split, read whole by one worker: compressed text (`.gz`, `.bz2`...: a compressed stream cannot be
+#   entered in the middle), CSV (a quoted field may hold a newline, so a byte offset cannot tell where a
+#   record starts) and WAT (gzip members of variable size; one file is ~1 GB, Common Crawl's own unit of work).
+# Lines are split on `\\n` only (`\\r\\n` endings are stripped; a lone `\\r` is whitespace inside a field), so
+# split and whole reads agree byte for byte. Row sources name the row: `path:N` (parquet row number),
+# `path:byteN` (offset of the line or CSV record: line numbers cannot be known inside a range), WAT
+# `path:recordN:imgK`.
+#
+# Column names follow img2dataset's `url_col` / `caption_col` convention (LAION parquet: `URL`/`TEXT`).
+# A headerless TSV/CSV (CC3M: `caption \\t url`) is read with `header=False` and 0-based column positions.
+# TSV is split on tabs without quoting (as the CC3M and img2dataset TSVs are written); CSV uses the csv module.
+# Empty lines are not rows. WAT (Common Crawl's metadata records): one row per `<img>` link, i.e. every
+# `Links` entry with `path == "IMG@/src"`, its `alt` text as caption and its `url` resolved against the
+# page's `<base href>` or URL (urljoin), the page URL kept as `meta["page_url"]`.
+#
+# Whole-file problems (no file matches, an unknown format, a corrupt parquet footer, a missing column) raise
+# `PoolError` before the pipeline starts: `check_pool_files` is called by `match.run`.
+
 MALFORMED_ROW = "malformed_row"
 INVALID_UTF8 = "invalid_utf8"
 FORMATS = ("parquet", "tsv", "csv", "jsonl", "wat")
-_SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
+POOL_SUFFIXES = {  # checked in order: ".warc.wat.gz" before ".gz" style suffixes
     ".parquet": "parquet", ".wat.gz": "wat", ".wat": "wat",
     ".tsv": "tsv", ".tsv.gz": "tsv", ".csv": "csv", ".csv.gz": "csv",
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json": "jsonl", ".json.gz": "jsonl",
@@ -125,23 +128,11 @@ class RowBatch:
                    reasons if any(reasons) else None)
 
 
-def expand_pool(patterns: list[str]) -> list[str]:
-    """Sorted, de-duplicated paths matching the globs (local or fsspec URLs); PoolError if nothing matches."""
-    paths: set[str] = set()
-    for pattern in patterns:
-        fs, _ = fsspec.core.url_to_fs(pattern)
-        found = fs.glob(pattern) if any(c in pattern for c in "*?[") else ([pattern] if fs.exists(pattern) else [])
-        paths.update(fs.unstrip_protocol(p) if "://" in pattern else p for p in found if not fs.isdir(p))
-    if not paths:
-        raise PoolError(f"empty pool: no file matches {' '.join(patterns)}")
-    return sorted(paths)
-
-
 def file_format(path: str, requested: str) -> str:
     """The format of one pool file: the requested one, or by suffix for 'auto'."""
     if requested != "auto":
         return requested
-    for suffix, fmt in _SUFFIXES.items():
+    for suffix, fmt in POOL_SUFFIXES.items():
         if path.endswith(suffix):
             return fmt
     raise PoolError(f"{path}: cannot tell the pool format from the name; pass --pool-format {'|'.join(FORMATS)}")

@@ -1,56 +1,22 @@
 """Stage 2, `match`: candidate (image URL, text) pairs -> pairs whose text contains a query.
 
-In:  a candidate pool (`--pool GLOB`, repeatable): parquet / TSV / CSV / JSONL with url + caption columns
-     (`--url-col/--caption-col`, img2dataset's convention), or Common Crawl WAT files (`<img>` alt text);
-     the query list `queries/<name>/queries.tsv` of the `queries` stage.
-Out: `<out>/part-BBBBB-of-NNNNN.parquet` (`uid, url, caption, query_ids` + `--keep-cols`), one per URL bucket,
-     sorted by uid; `<out>/query_counts.tsv` (`query_id, query, count`, every query, zero matches included);
-     `<out>/rejected/part-BBBBB-of-NNNNN.parquet` (`reason, source, url, caption`, sorted by source);
-     `<out>/manifest.json`. The files are a function of the inputs and settings alone: byte-identical on
-     1 or N workers and on any runner.
-
-Recipe (MetaCLIP, Xu et al. 2023, "Demystifying CLIP Data", `substr_matching`): per row, in this order,
-the first failing check names the row's reject reason:
-  1. the row parses, url and caption are present strings of valid UTF-8;
-  2. normalise: HTML unescape, Unicode NFC, whitespace runs -> one space (url: stripped);
-  3. cheap filters: http(s) URL with a host; caption length in chars and words within bounds;
-  4. matching: every query q with `spacing(q)` a substring of `spacing(caption)` (whole tokens,
-     case-sensitive; `pipeline.common.text`, the same functions stage 1 counted with), found with one
-     Aho-Corasick pass over the spaced entries (ahocorasick-rs by default; `--matcher pyahocorasick`, the
-     design's named library, gives the same matches: see DEFAULT_MATCHER). The automaton is built once per
-     worker in `DoFn.setup` from the query file's path, never pickled into bundles;
-  5. language ID (default: English only, fastText lid.176, see `pipeline.match.lid` for the measurements behind
-     the backend and `--lid-min-confidence`) only on rows that matched: LID is the costliest check and can
-     change the outcome only there. A row is rejected when its top language is not allowed and at least
-     that probable;
-  6. exact duplicate URLs: of all surviving rows with one URL, the one with the smallest uid (then
-     source) is kept, whichever worker saw it first (MetaCLIP de-duplicates its pool by URL).
-
-Beam layout. The first design (one element per row, a GroupByKey per row on the URL, Beam's parquet writer)
-ran end to end at 0.29x the rate of its own per-row function (4.8k vs 16.5k captions/s, bench_match): Beam's
-per-element cost dominated. Now elements are batches, and inside a batch the work is column-wise:
-  - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges; `--split-bytes`)
-    so one huge file is read by many workers; a range is read in `pool.RowBatch`es of BATCH_ROWS rows, a list
-    per column (parquet straight from Arrow, never a dict per row);
-  - steps 1-5 judge a whole batch per element (`judge_batch`): one loop for the cheap checks, normalisation and
-    spacing (`check_rows`: in C for ASCII rows, pipeline/common/_matchcore.c, the Python reference for the rest), then
-    one Aho-Corasick call over all the batch's spaced captions (`QueryMatcher.match_spaced`), one LID call over
-    the captions that matched, one call for the uids; reasons are counted per batch, not per row;
-  - the survivors and rejects of SEND_ROWS rows (several batches) are split by bucket (`beamio.buckets_of`,
-    `--buckets` buckets: the URL for survivors, the source for rejects) into Arrow tables, sent as Arrow IPC
-    bytes (a few buffers per part; a pickled table costs a fixed ~0.3 ms, IPC ~0.05 ms);
-  - one GroupByKey on the bucket (B keys, a few elements per SEND_ROWS rows, instead of one key per row)
-    brings all rows with one URL together; step 6 runs inside the bucket with Arrow sorts, and the bucket is
-    written as one part file sorted by uid (plus its rejected part, sorted by source). Every bucket is
-    written, empty ones too, so the next stage always finds files.
-bench/bench_match.py measures the stage function and the whole stage against bare pyahocorasick matching.
-Every row read ends kept or rejected with one reason; Beam counters feed the manifest (read = kept + rejected).
-
-Run:  python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --caption-col TEXT \\
-          --queries queries/enwiki/queries.tsv --out work/matched [--runner=... other Beam options]
-      (or `make match`). CC3M's headerless TSV: `--pool-format tsv --no-header --url-col 1 --caption-col 0`.
-      A bucket is de-duplicated in one worker's memory: for big pools raise `--buckets` to about one per
-      million matched rows.
+In:  a candidate pool (`--pool`, repeatable: files, folders, globs, brace patterns): parquet / TSV / CSV / JSONL
+     with url + caption columns (img2dataset's convention), or Common Crawl WAT files (`<img>` alt text); the
+     query list `queries/<name>/queries.tsv` of the `queries` stage.
+Out: `<out>/part-BBBBB-of-NNNNN.parquet` (`uid, url, caption, query_ids` + `--keep-cols`, one per URL bucket,
+     sorted by uid), `query_counts.tsv` (every query, zero matches included), `rejected/part-*.parquet`
+     (`reason, source, url, caption`), `manifest.json`. Byte-identical on 1 or N workers and on any runner.
+Recipe (MetaCLIP, Xu et al. 2023, `substr_matching`); per row, the first failing check names the reject reason:
+  1. parses, url and caption present and valid UTF-8; 2. normalise (HTML unescape, NFC, whitespace runs);
+  3. http(s) URL with a host, caption length in chars and words within bounds; 4. every query q with
+  `spacing(q)` a substring of `spacing(caption)` (whole tokens, case-sensitive, `pipeline.common.text`: what
+  stage 1 counted with), one Aho-Corasick pass; 5. language ID (fastText lid.176, `lid.py`) on matched rows
+  only; 6. of the rows with one URL, the smallest uid is kept (MetaCLIP de-duplicates its pool by URL).
+Run: python -m pipeline.match --pool 'data/pool/*.parquet' --url-col URL --caption-col TEXT \\
+         --queries queries/enwiki/queries.tsv --out work/matched [Beam options]   (or `make match`)
+     CC3M's headerless TSV: `--pool-format tsv --no-header --url-col 1 --caption-col 0`. A bucket is
+     de-duplicated in one worker's memory: for big pools raise `--buckets` to ~one per million matched rows.
+Numbers (stage vs bare matching, matchers, LID backends): BENCHMARKS.md, "Stage 2: match".
 """
 
 from __future__ import annotations
@@ -77,13 +43,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.common import beamio, matchcore
+from pipeline.common import beamio, files, matchcore
 from pipeline.match import lid, pool
 from pipeline.common.beamio import bytes_table, table_bytes
 from pipeline.common.beamrun import counter, pipeline_options, read_counters
 from pipeline.common.manifest import write_manifest
 from pipeline.common.records import QueryListError, load_query_list, matched_schema, text_lines, uids_of
 from pipeline.common.text import spacing
+from pipeline.common.logs import setup_logging
 
 STAGE = "match"
 
@@ -128,11 +95,6 @@ def normalize_caption(text: str) -> str:
     return " ".join(text.split())
 
 
-def raw_row_reason(row: dict[str, Any]) -> str | None:
-    """Why a raw pool row cannot become a candidate at all, or None."""
-    return row.get("reason") or raw_values_reason(row["url"], row["caption"])
-
-
 def raw_values_reason(url: Any, caption: Any) -> str | None:
     """Why a parsed row's url and caption cannot become a candidate at all, or None."""
     if url is None or url == "":
@@ -146,16 +108,10 @@ def raw_values_reason(url: Any, caption: Any) -> str | None:
     return None
 
 
-# scheme, then a host that starts with no path/query/fragment character and holds no whitespace
+# What img2dataset can fetch: scheme, then a host that starts with no path/query/fragment character, and no
+# whitespace anywhere. A regular expression rather than urllib's urlsplit: same verdicts on real URLs at ~1/10 of
+# the cost (urlsplit's cache is useless on a stream of distinct URLs), and this runs on every row of the pool.
 _HTTP_URL = re.compile(r"https?://[^/?#\s]+(?:[/?#]\S*)?\Z", re.IGNORECASE)
-
-
-def url_reason(url: str) -> str | None:
-    """None for an http(s) URL with a host and no whitespace (what img2dataset can fetch), else NOT_HTTP_URL.
-
-    A regular expression rather than urllib's urlsplit: same verdicts on real URLs at ~1/10 of the cost
-    (urlsplit's cache is useless on a stream of distinct URLs), and this runs on every row of the pool."""
-    return None if _HTTP_URL.match(url) else NOT_HTTP_URL
 
 
 def caption_reason(caption: str, min_chars: int, max_chars: int, min_words: int) -> str | None:
@@ -334,15 +290,6 @@ def query_strings(path: str) -> list[str]:
         return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 
-def candidate_record(row: dict[str, Any], matcher: QueryMatcher, min_chars: int, max_chars: int, min_words: int,
-                     keep_cols: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) or (None, reject reason) for one raw pool row: steps 1-4 of the recipe (`judge_batch` of
-    one row, without LID)."""
-    judged = judge_batch(pool.RowBatch.from_rows([row], keep_cols), matcher, None, (), min_chars, max_chars,
-                         min_words, keep_cols)
-    return (None, judged.rejected[0][1]) if judged.rejected else (judged.records()[0], None)
-
-
 @dataclasses.dataclass
 class JudgedBatch:
     """`judge_batch`'s verdicts on one RowBatch: the matched records by column (`carried_schema` order:
@@ -350,11 +297,6 @@ class JudgedBatch:
     and the rejected rows as (row index, reason)."""
     kept: dict[str, list[Any] | pa.Array]
     rejected: list[tuple[int, str]]
-
-    def records(self) -> list[dict[str, Any]]:
-        """The matched records as dicts (tests, small tools)."""
-        columns = [v.to_pylist() if isinstance(v, pa.Array) else v for v in self.kept.values()]
-        return [dict(zip(self.kept, values)) for values in zip(*columns)]
 
 
 def judge_batch(batch: pool.RowBatch, matcher: QueryMatcher, identify: lid.Identifier | None,
@@ -393,11 +335,6 @@ def _printable(value: Any) -> str | None:
     if value is None:
         return None
     return (value if isinstance(value, str) else repr(value))[:REJECTED_TEXT_CHARS]
-
-
-def rejected_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {"reason": reason, "source": row["source"], "url": _printable(row.get("url")),
-            "caption": _printable(row.get("caption"))}
 
 
 def keep_one_per_url(matched: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -495,17 +432,45 @@ class BucketParts:
                 for bucket in sorted(matched.keys() | rejected.keys())]
 
 
+@dataclasses.dataclass(frozen=True)
+class MatchSettings:
+    """How captions are judged and matched: the stage's flags once parsed, handed to the transform and its DoFn."""
+    queries: str                                    # path of the queries.tsv (each worker reads it in setup)
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES  # () = no language filter
+    lid_backend: str = lid.DEFAULT_LID_BACKEND
+    lid_min_confidence: float = lid.DEFAULT_MIN_CONFIDENCE
+    min_chars: int = MIN_CAPTION_CHARS
+    max_chars: int = MAX_CAPTION_CHARS
+    min_words: int = MIN_WORDS
+    keep_cols: tuple[str, ...] = ()
+    matcher: str = DEFAULT_MATCHER
+    buckets: int = BUCKETS
+
+    def __post_init__(self):
+        if not 0 <= self.min_chars <= self.max_chars:
+            raise ValueError("need 0 <= --min-caption-chars <= --max-caption-chars")
+        if self.min_words < 0:
+            raise ValueError("--min-words must be >= 0")
+        if not 0.0 <= self.lid_min_confidence <= 1.0:
+            raise ValueError("--lid-min-confidence must be in [0, 1]")
+        if self.buckets < 1:
+            raise ValueError(f"--buckets must be >= 1, got {self.buckets}")
+
+    @property
+    def bounds(self) -> tuple[int, int, int]:
+        return self.min_chars, self.max_chars, self.min_words
+
+
 class JudgeBatchFn(beam.DoFn):
     """RowBatches -> (bucket, (matched, rejected) IPC tables) per bucket, every SEND_ROWS rows and at the end of
     the bundle: steps 1-5 in one DoFn, a batch per call (Beam's per-element cost is paid per batch, not per row),
     the rejections counted per batch and reason (a counter update per row would cost more than the check)."""
 
-    def __init__(self, query_path: str, languages: tuple[str, ...], lid_backend: str, lid_min_confidence: float,
-                 bounds: tuple[int, int, int], keep_cols: tuple[str, ...], matcher: str, buckets: int,
-                 send_rows: int = SEND_ROWS):
-        self.query_path, self.languages, self.matcher_backend = query_path, languages, matcher
-        self.lid_backend, self.lid_min_confidence = lid_backend, lid_min_confidence
-        self.bounds, self.keep_cols, self.buckets, self.send_rows = bounds, keep_cols, buckets, send_rows
+    def __init__(self, settings: MatchSettings, send_rows: int = SEND_ROWS):
+        self.query_path, self.languages, self.matcher_backend = settings.queries, settings.languages, settings.matcher
+        self.lid_backend, self.lid_min_confidence = settings.lid_backend, settings.lid_min_confidence
+        self.bounds, self.keep_cols, self.buckets = settings.bounds, settings.keep_cols, settings.buckets
+        self.send_rows = send_rows
         self._rejected: dict[str, Any] = {}
 
     def setup(self):
@@ -585,21 +550,26 @@ class ReadCandidatePool(beam.PTransform):
                 | "ReadRows" >> beam.ParDo(ReadPoolRangeFn(self.spec, self.batch_rows)))
 
 
+# Why batches. The first design (one element per row, a GroupByKey per row on the URL, Beam's parquet writer) ran
+# at 0.29x the rate of its own per-row function (bench_match): Beam's per-element cost dominated. Now:
+#   - pool files are cut into ranges (`pool.plan_ranges`: parquet row groups, text byte ranges) so one huge file
+#     is read by many workers, in `pool.RowBatch`es of BATCH_ROWS rows (a list per column, never a dict per row);
+#   - checks 1-5 judge a whole batch per element (`judge_batch`): one loop for the cheap checks and spacing
+#     (`check_rows`, in C for ASCII rows), one Aho-Corasick call, one LID call over the matched captions, one
+#     call for the uids; reasons are counted per batch. The automaton is built once per worker in setup();
+#   - survivors and rejects are split by bucket (`beamio.buckets_of`: the URL for survivors, the source for
+#     rejects) into Arrow tables sent as IPC bytes (a pickled table costs ~0.3 ms, IPC ~0.05 ms);
+#   - one GroupByKey on the bucket (B keys, not one per row) brings all rows with one URL together; check 6
+#     runs inside the bucket with Arrow sorts, and every bucket is written, empty ones too, so the next stage
+#     always finds its files.
 class MatchCaptionsToQueries(beam.PTransform):
     """Batches of raw rows (`pool.RowBatch`es, or lists of row dicts) -> (bucket, kept table, rejected table) for
     every bucket 0..buckets-1: filters, matching, LID, then URL de-duplication inside each bucket."""
 
-    def __init__(self, query_path: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES,
-                 lid_backend: str = lid.DEFAULT_LID_BACKEND, min_chars: int = MIN_CAPTION_CHARS,
-                 max_chars: int = MAX_CAPTION_CHARS, min_words: int = MIN_WORDS, keep_cols: tuple[str, ...] = (),
-                 matcher: str = DEFAULT_MATCHER, buckets: int = BUCKETS,
-                 lid_min_confidence: float = lid.DEFAULT_MIN_CONFIDENCE):
+    def __init__(self, settings: MatchSettings):
         super().__init__()
-        if buckets < 1:
-            raise ValueError(f"buckets must be >= 1, got {buckets}")
-        self.buckets, self.keep_cols = buckets, tuple(keep_cols)
-        self.judge_fn = JudgeBatchFn(query_path, tuple(languages), lid_backend, lid_min_confidence,
-                                     (min_chars, max_chars, min_words), tuple(keep_cols), matcher, buckets)
+        self.buckets, self.keep_cols = settings.buckets, settings.keep_cols
+        self.judge_fn = JudgeBatchFn(settings)
 
     def expand(self, row_batches):
         judged = row_batches | "JudgeBatches" >> beam.ParDo(self.judge_fn)
@@ -615,7 +585,7 @@ class MatchCaptionsToQueries(beam.PTransform):
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m pipeline.match", description=__doc__.split("\n")[0])
-    p.add_argument("--pool", action="append", required=True, help="pool file or glob (local or fsspec); repeatable")
+    p.add_argument("--pool", action="append", required=True, help="pool file, folder, glob or brace pattern (local or fsspec); repeatable")
     p.add_argument("--pool-format", default="auto", choices=("auto", *pool.FORMATS))
     p.add_argument("--url-col", default="url", help="URL column name (0-based position with --no-header)")
     p.add_argument("--caption-col", default="caption", help="caption column name (position with --no-header)")
@@ -640,30 +610,28 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(argv)
 
 
-def check_settings(args: argparse.Namespace) -> None:
-    if not 0 <= args.min_caption_chars <= args.max_caption_chars:
-        raise ValueError("need 0 <= --min-caption-chars <= --max-caption-chars")
-    if args.min_words < 0:
-        raise ValueError("--min-words must be >= 0")
-    if not args.no_language_filter and not [c for c in args.languages.split(",") if c.strip()]:
+def settings_of(args: argparse.Namespace) -> MatchSettings:
+    """The parsed flags as MatchSettings; ValueError naming the flag when they cannot work together."""
+    languages = () if args.no_language_filter else tuple(c.strip() for c in args.languages.split(",") if c.strip())
+    if not args.no_language_filter and not languages:
         raise ValueError("--languages is empty: name languages or pass --no-language-filter")
-    if not 0.0 <= args.lid_min_confidence <= 1.0:
-        raise ValueError("--lid-min-confidence must be in [0, 1]")
     if args.buckets < 1 or args.split_bytes < 1:
         raise ValueError("--buckets and --split-bytes must be >= 1")
+    return MatchSettings(args.queries, languages, args.lid_backend, args.lid_min_confidence, args.min_caption_chars,
+                         args.max_caption_chars, args.min_words,
+                         tuple(c.strip() for c in args.keep_cols.split(",") if c.strip()), args.matcher, args.buckets)
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Run the stage; returns the manifest. Bad files or settings exit with one error line."""
     args, beam_args = parse_args(argv)
     started = time.monotonic()
-    keep_cols = tuple(c.strip() for c in args.keep_cols.split(",") if c.strip())
-    spec = pool.PoolSpec(args.pool_format, args.url_col, args.caption_col, not args.no_header, keep_cols)
-    languages = () if args.no_language_filter else tuple(c.strip() for c in args.languages.split(",") if c.strip())
     try:
-        check_settings(args)
+        settings = settings_of(args)
+        keep_cols, languages = settings.keep_cols, settings.languages
+        spec = pool.PoolSpec(args.pool_format, args.url_col, args.caption_col, not args.no_header, keep_cols)
         queries = load_query_list(args.queries)
-        paths = pool.expand_pool(args.pool)
+        paths = files.expand(args.pool, tuple(pool.POOL_SUFFIXES))
         pool.check_pool_files(paths, spec)
         ranges = [prange for path in paths for prange in pool.plan_ranges(path, spec, args.split_bytes)]
         if languages:
@@ -679,9 +647,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         row_batches = p | "ReadPool" >> ReadCandidatePool(ranges, spec)
-        bucket_results = row_batches | "MatchCaptions" >> MatchCaptionsToQueries(
-            args.queries, languages, args.lid_backend, args.min_caption_chars, args.max_caption_chars,
-            args.min_words, keep_cols, args.matcher, args.buckets, args.lid_min_confidence)
+        bucket_results = row_batches | "MatchCaptions" >> MatchCaptionsToQueries(settings)
         _ = (bucket_results
              | "WriteBuckets" >> beam.ParDo(WriteBucketFn(out, args.buckets))
              | "CountPerQuery" >> beam.CombineGlobally(beamio.AddCountsFn())
@@ -689,9 +655,8 @@ def run(argv: list[str] | None = None) -> dict:
                  lambda counts: beamio.write_counts_tsv(f"{out}/query_counts.tsv", query_strings(args.queries),
                                                         {"count": counts})))
     counters = beamio.manifest_counters(read_counters(p.result, STAGE))
-    settings = dict(vars(args))
-    settings.update(languages=list(languages), keep_cols=list(keep_cols), beam_args=beam_args)
-    manifest = write_manifest(out, stage=STAGE, settings=settings, inputs=inputs, counters=counters,
+    manifest = write_manifest(out, stage=STAGE, settings=dict(vars(args), languages=list(languages),
+                                                              keep_cols=list(keep_cols), beam_args=beam_args), inputs=inputs, counters=counters,
                               wall_time_s=time.monotonic() - started,
                               extra={"pool_ranges": len(ranges), "outputs": {"matched": f"{out}/part-*.parquet",
                                                  "query_counts": f"{out}/query_counts.tsv",
@@ -701,7 +666,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    beamio.configure_logging()
+    setup_logging()
     run(argv if argv is not None else sys.argv[1:])
 
 

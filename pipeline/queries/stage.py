@@ -15,24 +15,16 @@ Priority when merging into at most `--max-entries` (500,000): wordnet, unigram, 
 order); within a source by count (unigram), PMI (bigram), page views (title), then the query's code
 points, so the list is a total order and the file is byte-identical on any runner and worker count.
 
-Counting is pre-aggregated: each split (a file, or ~64 MB of bz2 streams) counts its pages into one
-`wikicore` SplitCounter (a C extension: markup stripping, tokenizing and counting in one call per page,
-with identical results to the Python reference in `wikitext`/`text`, see pipeline/queries/wikicore.py) and emits
-one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
-element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
-cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
-the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Titles travel as one list per split, WordNet as
-one element per file, and every source hands its candidates to the merge as (bucket of the query,
-[(query, candidate)]) lists: one GroupByKey merges each bucket's queries, one global combine keeps the
-first `--max-entries`. Measured: BENCHMARKS.md, "Stage 1".
-
 Run: python -m pipeline.queries --dump 'dumps/enwiki-*-multistream.xml.bz2' --wordnet data/wordnet-3.0 \
         --out queries/enwiki [--runner=... any Beam options]
+How counting scales (pre-aggregation, buckets, the PMI join): the comment below the imports.
+Numbers: BENCHMARKS.md, "Stage 1".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import json
 import logging
@@ -44,14 +36,27 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.common import beamrun, manifest
+from pipeline.common import beamio, beamrun, files, manifest
 from pipeline.queries import wikicore, wikidump, wikitext
 from pipeline.common.beamio import add_counts, bucket_of  # bucket_of: stable across processes, unlike hash()
 from pipeline.common.records import QUERY_LIST_HEADER
 from pipeline.common.text import is_query_token, normalize_entry
+from pipeline.common.logs import setup_logging
+
+# How counting scales
+#
+# Counting is pre-aggregated: each split (a file, or ~64 MB of bz2 streams) counts its pages into one
+# `wikicore` SplitCounter (a C extension: markup stripping, tokenizing and counting in one call per page,
+# with identical results to the Python reference in `wikitext`/`text`, see pipeline/queries/wikicore.py) and emits
+# one ({word: n}, {(a, b): n}) pair per hash bucket, so Beam handles a few dicts per split instead of one
+# element per word (Beam's per-element cost would otherwise dominate, see DESIGN.md). The bigram dicts
+# cross one shuffle; the first PMI join then drops every bigram whose first word is too frequent to reach
+# the PMI threshold (exact: pmi(a, b) <= log2(N / c(a))). Titles travel as one list per split, WordNet as
+# one element per file, and every source hands its candidates to the merge as (bucket of the query,
+# [(query, candidate)]) lists: one GroupByKey merges each bucket's queries, one global combine keeps the
+# first `--max-entries`. Measured: BENCHMARKS.md, "Stage 1".
 
 log = logging.getLogger(__name__)
 NS = "queries"  # Beam counter namespace
@@ -62,6 +67,8 @@ MIN_PMI = 30.0
 MIN_BIGRAM_COUNT = 1          # MetaCLIP applies no count floor beyond its n-gram input file
 MIN_PAGEVIEWS = 70
 MAX_ENTRIES = 500_000         # CLIP paper: "a list of 500,000 queries"
+COUNT_BUCKETS = 16            # hash buckets the word counts are merged in
+MAX_KEYS_PER_WORKER = 4_000_000
 
 SOURCES = ("wordnet", "unigram", "bigram", "title")   # merge priority, MetaCLIP's order
 PRIORITY = {s: i for i, s in enumerate(SOURCES)}
@@ -212,7 +219,7 @@ class CountSplitWordsFn(beam.DoFn):
         log.info("stage 1 counting core: %s", wikicore.BACKEND)
         self.read = beamrun.counter(NS, "read")
         self.kept = beamrun.counter(NS, "kept")
-        self.rejected = {r: beamrun.counter(NS, f"rejected.{r}") for r in (
+        self.rejected = {r: beamrun.counter(NS, f"rejected_{r}") for r in (
             wikitext.NOT_ARTICLE, wikitext.REDIRECT, wikitext.MALFORMED_PAGE, wikitext.EMPTY_TEXT,
             wikitext.TRUNCATED_STREAM, wikitext.CORRUPT_STREAM)}
 
@@ -224,7 +231,7 @@ class CountSplitWordsFn(beam.DoFn):
         try:
             for block in wikitext.iter_page_blocks(wikidump.read_split_text(split)):
                 try:
-                    page = wikicore.parse_page_block(block)
+                    page = wikitext.parse_page_block(block)
                 except ValueError as e:
                     log.warning("%s@%d: %s", split.path, split.start, e)
                     rejected[wikitext.MALFORMED_PAGE] += 1
@@ -407,9 +414,9 @@ def title_candidates(titles: list[str], buckets: int) -> Iterator[tuple[int, lis
 class SelectTitles(beam.PTransform):
     """Lists of article titles -> title candidate lists; with page views, only titles viewed >= min_views times."""
 
-    def __init__(self, pageviews: str | None, min_views: int, buckets: int):
+    def __init__(self, pageviews: tuple[str, ...], min_views: int, buckets: int):
         super().__init__()
-        self.pageviews, self.min_views, self.buckets = pageviews, min_views, buckets
+        self.pageviews, self.min_views, self.buckets = tuple(pageviews), min_views, buckets
 
     def expand(self, title_lists):
         buckets = self.buckets
@@ -418,7 +425,8 @@ class SelectTitles(beam.PTransform):
         min_views = self.min_views
         entries = title_lists | "TitleToEntry" >> beam.FlatMap(lambda ts: [e for t in ts if (e := title_to_entry(t))])
         views = (entries.pipeline
-                 | "ReadPageviews" >> beam.io.ReadFromText(self.pageviews)
+                 | "ListPageviewFiles" >> beam.Create(self.pageviews)
+                 | "ReadPageviews" >> beam.io.ReadAllFromText()
                  | "ParsePageviews" >> beam.FlatMap(_parse_pageviews_counted)
                  | "ViewsToEntry" >> beam.FlatMap(lambda tv: [(e, tv[1])] if (e := title_to_entry(tv[0])) else [])
                  | "SumViews" >> beam.CombinePerKey(sum))
@@ -450,7 +458,7 @@ def wordnet_candidates(path: str, buckets: int) -> Iterator[tuple[int, list]]:
     The file is read whole (data.noun, the largest, is 15 MB): one element per file instead of one per
     line. Lines split as Beam's ReadFromText splits them ('\\n' or '\\r\\n'), decoded as strict UTF-8.
     """
-    with FileSystems.open(path) as f:
+    with files.open_file(path, "rb") as f:
         lines = f.read().decode("utf-8").split("\n")
     lemmas, bad = [], 0
     for line in lines:
@@ -467,16 +475,11 @@ def wordnet_candidates(path: str, buckets: int) -> Iterator[tuple[int, list]]:
 
 
 def write_query_list(rows: list[tuple], out_dir: str) -> None:
-    """Write queries.tsv and source_stats.json through Beam's filesystems (temp file + rename)."""
+    """Write queries.tsv and source_stats.json, each atomically (readers never see half a list)."""
     for name, payload in (("queries.tsv", format_rows(rows)),
                           ("source_stats.json", json.dumps(source_stats(rows), indent=2) + "\n")):
-        final = FileSystems.join(out_dir, name)
-        tmp = final + ".tmp"
-        with FileSystems.create(tmp) as f:
+        with files.atomic_write(f"{out_dir.rstrip('/')}/{name}", "wb") as f:
             f.write(payload.encode("utf-8"))
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
 
 
 class KeepTopRowsFn(beam.CombineFn):
@@ -512,6 +515,21 @@ class KeepTopRowsFn(beam.CombineFn):
         return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryListSettings:
+    """The stage's thresholds and sources, parsed once by `run` (input files already listed and checked)."""
+    out: str
+    min_unigram_count: int = MIN_UNIGRAM_COUNT
+    min_bigram_count: int = MIN_BIGRAM_COUNT
+    min_pmi: float = MIN_PMI
+    min_pageviews: int = MIN_PAGEVIEWS
+    max_entries: int = MAX_ENTRIES
+    count_buckets: int = COUNT_BUCKETS
+    max_keys_per_worker: int = MAX_KEYS_PER_WORKER
+    pageviews: tuple[str, ...] = ()       # page-view count files
+    wordnet_files: tuple[str, ...] = ()   # WordNet's data.* files
+
+
 class BuildQueryList(beam.PTransform):
     """The whole stage: splits (+ WordNet files, page views) -> the merged, ranked query list on disk.
 
@@ -520,12 +538,12 @@ class BuildQueryList(beam.PTransform):
     keeps the first max_entries of those.
     """
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, settings: QueryListSettings):
         super().__init__()
-        self.args = args
+        self.settings = settings
 
     def expand(self, splits):
-        a = self.args
+        a = self.settings
         counts = splits | "CountWikipediaWords" >> CountWikipediaWords(a.count_buckets, a.max_keys_per_worker)
         unigrams = counts["bucket_counts"] | "KeepFrequentWords" >> beam.FlatMap(
             unigram_candidates, a.min_unigram_count)
@@ -533,10 +551,9 @@ class BuildQueryList(beam.PTransform):
                    | "ScoreBigrams" >> ScoreBigrams(a.count_buckets, a.min_bigram_count, a.min_pmi))
         titles = counts["titles"] | "SelectTitles" >> SelectTitles(a.pageviews, a.min_pageviews, a.count_buckets)
         candidates = [unigrams, bigrams, titles]
-        if a.wordnet:
-            wordnet_files = [FileSystems.join(a.wordnet, f) for f in WORDNET_FILES]
+        if a.wordnet_files:
             candidates.append(splits.pipeline
-                              | "ListWordNetFiles" >> beam.Create(wordnet_files)
+                              | "ListWordNetFiles" >> beam.Create(a.wordnet_files)
                               | "WordNetCandidates" >> beam.FlatMap(wordnet_candidates, a.count_buckets))
         # The token total is one element in every run: an empty candidate list keyed on it makes sure the
         # list is written even when no source has a candidate. (CombineGlobally's own default would pass
@@ -558,7 +575,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m pipeline.queries", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dump", action="append", required=True,
-                   help="MediaWiki export file or glob (.xml, .xml.bz2, multistream); repeatable")
+                   help="MediaWiki export file, folder, glob or brace pattern (.xml, .xml.bz2, multistream); repeatable")
     p.add_argument("--out", required=True, help="output folder, e.g. queries/enwiki")
     p.add_argument("--wordnet", help="folder with WordNet 3.0 data.noun/verb/adj/adv (omit: no WordNet source)")
     p.add_argument("--pageviews", help="page-view count files (glob): 'en Title views bytes' or 'Title<TAB>views'")
@@ -571,7 +588,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                    help="compressed MB of bz2 streams per work item for multistream dumps")
     p.add_argument("--count-buckets", type=int, default=0,
                    help="hash buckets the word counts are merged in (default: by input size, >= 16; see count_buckets_for)")
-    p.add_argument("--max-keys-per-worker", type=int, default=4_000_000,
+    p.add_argument("--max-keys-per-worker", type=int, default=MAX_KEYS_PER_WORKER,
                    help="flush a split's partial counts beyond this many distinct bigrams (memory bound)")
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 of inputs in the manifest")
     args, beam_args = p.parse_known_args(argv)
@@ -598,8 +615,8 @@ def count_buckets_for(dump_sizes: list[tuple[str, int]]) -> int:
 
 
 def _check_wordnet(folder: str) -> list[str]:
-    paths = [FileSystems.join(folder, f) for f in WORDNET_FILES]
-    missing = [p for p in paths if not FileSystems.exists(p)]
+    paths = [f"{folder.rstrip('/')}/{f}" for f in WORDNET_FILES]
+    missing = [p for p in paths if not files.exists(p)]
     if missing:
         raise wikidump.InputError(f"WordNet folder {folder} lacks {', '.join(missing)}")
     return paths
@@ -609,45 +626,43 @@ def run(argv: list[str] | None = None) -> dict:
     """Run the stage; returns the manifest. Bad inputs or settings raise SystemExit with one line."""
     args, beam_args = parse_args(argv)
     started = time.time()
-    options = beamrun.pipeline_options(beam_args)
-    FileSystems.set_options(options)   # the checks and writes below run before the pipeline (s3:// needs its options)
     try:
-        dumps = wikidump.expand_inputs(args.dump)
+        dumps = files.expand(args.dump, wikidump.DUMP_SUFFIXES)
         for path in dumps:
             wikidump.check_dump(path)
         splits = [s for path in dumps for s in wikidump.plan_splits(path, args.split_mb << 20)]
         if not args.count_buckets:
-            args.count_buckets = count_buckets_for([(path, wikidump.file_size(path)) for path in dumps])
-        extra_inputs = _check_wordnet(args.wordnet) if args.wordnet else []
-        if args.pageviews:
-            extra_inputs += wikidump.expand_inputs([args.pageviews])
-    except wikidump.InputError as e:
+            args.count_buckets = count_buckets_for([(path, files.size(path)) for path in dumps])
+        wordnet_files = _check_wordnet(args.wordnet) if args.wordnet else []
+        pageview_files = files.expand(args.pageviews) if args.pageviews else []
+    except (wikidump.InputError, files.NoFilesError) as e:
         raise SystemExit(f"queries: {e}") from None
-    if not FileSystems.exists(args.out):
-        FileSystems.mkdirs(args.out)
+    files.makedirs(args.out)
+    settings = QueryListSettings(
+        args.out, args.min_unigram_count, args.min_bigram_count, args.min_pmi, args.min_pageviews, args.max_entries,
+        args.count_buckets, args.max_keys_per_worker, tuple(pageview_files), tuple(wordnet_files))
 
-    with beam.Pipeline(options=options) as p:
-        _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(args)
+    with beam.Pipeline(options=beamrun.pipeline_options(beam_args)) as p:
+        _ = p | "ListSplits" >> beam.Create(splits) | "BuildQueryList" >> BuildQueryList(settings)
     result = p.result
     counters = beamrun.read_counters(result, NS)
 
-    with FileSystems.open(FileSystems.join(args.out, "source_stats.json")) as f:
+    with files.open_file(f"{args.out.rstrip('/')}/source_stats.json", "rb") as f:
         stats = json.loads(f.read())
-    rejected = {k.split(".", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("rejected.")}
-    page_counters = {"read": counters.get("read", 0), "kept": counters.get("kept", 0), "rejected": rejected}
+    page_counters = beamio.manifest_counters(counters)
     settings = {k: v for k, v in vars(args).items() if k not in ("dump",)}
     settings["beam_args"] = beam_args
-    inputs = [manifest.file_info(x, checksum=not args.no_checksums) for x in dumps + extra_inputs]
+    inputs = [manifest.file_info(x, checksum=not args.no_checksums) for x in dumps + wordnet_files + pageview_files]
     return manifest.write_manifest(
         args.out, stage="queries", settings=settings, inputs=inputs, counters=page_counters,
         wall_time_s=time.time() - started,
         extra={"splits": len(splits), "sources": stats,
                "other_counters": {k: v for k, v in counters.items()
-                                  if k not in ("read", "kept") and not k.startswith("rejected.")}})
+                                  if k not in ("read", "kept") and not k.startswith("rejected_")}})
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     m = run(argv)
     s = m["sources"]
     c = m["counters"]

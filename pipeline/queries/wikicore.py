@@ -1,7 +1,7 @@
 """Stage 1's counting core: an article's wikitext -> counts of its word unigrams and word bigrams.
 
-In:  '<page>' blocks (`parse_page_block`); article wikitext, one page at a time (`SplitCounter.add_page`).
-Out: `WikiPage`s; `result()` -> ({word: n}, {(a, b): n}); `parts(buckets, bucket_of)` -> the same counts
+In:  article wikitext, one page at a time (`SplitCounter.add_page`).
+Out: `result()` -> ({word: n}, {(a, b): n}); `parts(buckets, bucket_of)` -> the same counts
      cut into ('uni'|'bi', bucket, {key: n}) parts, a bigram in the bucket of its first word.
 Run: by `queries.CountSplitWordsFn`; `python -m bench.bench_queries` measures it and checks C == Python.
 
@@ -95,16 +95,6 @@ except ImportError as e:  # built without a C compiler: pip skips the optional e
     log.warning("pipeline.queries._wikicore is not built (%s): stage 1 counts on the Python path (~5x the CPU)", e)
 
 BACKEND = "C (pipeline.queries._wikicore)" if _wikicore else "Python (pipeline.queries.wikicore.PySplitCounter)"
-
-
-def parse_page_block(block: str) -> wikitext.WikiPage:
-    """`wikitext.parse_page_block`, with the C parser reading the plain layout of dump pages (2.6x faster
-    than ElementTree on the excerpt); any block outside the subset it validates goes to ElementTree,
-    which then decides whether the page is malformed."""
-    fields = _wikicore.page_fields(block) if _wikicore else None
-    if fields is None:
-        return wikitext.parse_page_block(block)
-    return wikitext.page_from_fields(*fields)
 
 
 def new_split_counter(backend: str = "auto"):

@@ -1,6 +1,6 @@
 """Reading MediaWiki export dumps as independent splits: whole files, or groups of bz2 streams.
 
-In: `.xml`, `.xml.bz2` (also `.gz`/`.xz`/`.zst` through fsspec), glob patterns, local or fsspec URLs.
+In: `.xml`, `.xml.bz2` (also `.gz`/`.xz`/`.zst` through fsspec), local or fsspec paths (listed by pipeline.common.files).
 Out: `WikiSplit`s (what one worker reads) and, per split, the decoded XML text in bounded chunks.
 
 Wikipedia's `pages-articles-multistream.xml.bz2` is a concatenation of bz2 streams of 100 pages each,
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK = 1 << 20          # compressed bytes read per call: bounds memory per worker
 OUTPUT_CHUNK = 1 << 20        # decompressed bytes per call
 DEFAULT_SPLIT_BYTES = 64 << 20
+DUMP_SUFFIXES = (".xml", ".xml.bz2", ".xml.gz", ".xml.xz", ".xml.zst")   # what a folder of dumps contributes
 
 
 @dataclass(frozen=True)
@@ -53,32 +54,6 @@ class WikiSplit:
 
 class InputError(ValueError):
     """A dump input that cannot be used at all (missing, empty, not MediaWiki): one clear message."""
-
-
-def _has_glob(path: str) -> bool:
-    return any(c in path for c in "*?[")
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Expand glob patterns (local or fsspec URLs) into a sorted, de-duplicated list of existing files."""
-    paths: list[str] = []
-    for pattern in patterns:
-        try:
-            fs, fs_path = fsspec.core.url_to_fs(pattern)
-            found = fs.glob(fs_path) if _has_glob(fs_path) else [fs_path] * fs.exists(fs_path)
-            found = [p for p in found if fs.isfile(p)]
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot list {pattern!r}: {e}") from None
-        if not found:
-            raise InputError(f"no input file matches {pattern!r}")
-        paths.extend(fs.unstrip_protocol(p) if "://" in pattern else p for p in found)
-    return sorted(dict.fromkeys(paths))
-
-
-def file_size(path: str) -> int:
-    """Bytes of a local or fsspec file."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    return fs.size(fs_path)
 
 
 def index_path_for(path: str) -> str | None:

@@ -4,28 +4,9 @@ Used by `pipeline.shards` inside every img2dataset download worker. img2dataset 
 `urllib.request.urlopen(request, timeout=...)`, which goes through the process-wide opener; the worker
 installs `build_guarded_opener(policy)` as that opener before it downloads a shard, so every request,
 and every redirect it follows, passes through the checks below. Nothing here sends traffic by itself.
-
-- Schemes: only `http` and `https` have handlers (no `file:`, `ftp:`, `data:`; no proxies from the
-  environment either, since a proxy would hide the address actually contacted).
-- Addresses: a host is resolved (getaddrinfo) when the connection is opened, and the connection is refused
-  unless *every* resolved address is globally routable (`ipaddress.is_global`), so loopback, private
-  (RFC 1918, ULA), link-local (including the cloud metadata address 169.254.169.254), CGNAT, multicast,
-  reserved and unspecified addresses are refused, as are IPv4-mapped IPv6 forms of them. The socket is then
-  opened to the very address that was checked, not to a second resolution, so a DNS-rebinding answer that
-  changes between check and connect cannot slip through. `allow_loopback` admits loopback only (tests, demo).
-  Limitation: an HTTP proxy or a NAT in front of the worker can still route a public address to a private
-  host; run workers in a network without such routes for defence in depth.
-- Bodies: `Content-Length` above `max_bytes` is refused before reading; otherwise at most `max_bytes + 1`
-  bytes are read, within `body_timeout` seconds overall (a server that trickles bytes forever is cut off,
-  which urllib's per-read timeout alone would not do).
-- Images: before anything decodes the body, its header is read with PIL (no pixel decode) and an image of
-  more than `max_pixels` pixels is refused as a decompression bomb: img2dataset decodes with OpenCV, whose
-  own limit is 2**30 pixels (a 20000x20000 PNG of a few KB would take 1.2 GB). A JPEG or PNG whose end
-  marker is missing is decoded once with PIL and refused if it is truncated (OpenCV would otherwise
-  accept a half-grey picture).
-
 Errors carry a reason token (`refused_address`, `body_too_large`, `decompression_bomb`, `truncated_image`)
 that `pipeline.common.downloads.failure_reason` maps back from img2dataset's error message.
+The checks, one by one: the comment below the imports.
 """
 
 from __future__ import annotations
@@ -44,6 +25,27 @@ from PIL import Image
 
 from pipeline.common.downloads import (BAD_URL, BODY_TOO_LARGE, DECOMPRESSION_BOMB, REFUSED_ADDRESS,
                                       TRUNCATED_IMAGE)
+
+# The checks
+#
+# - Schemes: only `http` and `https` have handlers (no `file:`, `ftp:`, `data:`; no proxies from the
+#   environment either, since a proxy would hide the address actually contacted).
+# - Addresses: a host is resolved (getaddrinfo) when the connection is opened, and the connection is refused
+#   unless *every* resolved address is globally routable (`ipaddress.is_global`), so loopback, private
+#   (RFC 1918, ULA), link-local (including the cloud metadata address 169.254.169.254), CGNAT, multicast,
+#   reserved and unspecified addresses are refused, as are IPv4-mapped IPv6 forms of them. The socket is then
+#   opened to the very address that was checked, not to a second resolution, so a DNS-rebinding answer that
+#   changes between check and connect cannot slip through. `allow_loopback` admits loopback only (tests, demo).
+#   Limitation: an HTTP proxy or a NAT in front of the worker can still route a public address to a private
+#   host; run workers in a network without such routes for defence in depth.
+# - Bodies: `Content-Length` above `max_bytes` is refused before reading; otherwise at most `max_bytes + 1`
+#   bytes are read, within `body_timeout` seconds overall (a server that trickles bytes forever is cut off,
+#   which urllib's per-read timeout alone would not do).
+# - Images: before anything decodes the body, its header is read with PIL (no pixel decode) and an image of
+#   more than `max_pixels` pixels is refused as a decompression bomb: img2dataset decodes with OpenCV, whose
+#   own limit is 2**30 pixels (a 20000x20000 PNG of a few KB would take 1.2 GB). A JPEG or PNG whose end
+#   marker is missing is decoded once with PIL and refused if it is truncated (OpenCV would otherwise
+#   accept a half-grey picture).
 
 ALLOWED_SCHEMES = ("http", "https")
 

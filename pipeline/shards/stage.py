@@ -1,7 +1,8 @@
 """Stage 4 (`make shards`): download the balanced pairs into WebDataset shards with img2dataset.
 
-In:  the balanced parquet of `balance` (`uid, url, caption, query_ids`, more columns ignored), a glob or a
-     folder, local or fsspec; optionally the `queries.tsv` the ids refer to (`--queries`), for names.
+In:  the balanced parquet of `balance` (`uid, url, caption, query_ids`, more columns ignored), a file,
+     folder, glob or brace pattern, local or fsspec; optionally the `queries.tsv` the ids refer to
+     (`--queries`), for names.
 Out: `<out>/{00000..}.tar` in img2dataset's layout, one sample per downloaded image keyed by its `uid`:
      `<uid>.jpg`, `<uid>.txt` (caption), `<uid>.json` (uid, url, caption, query_ids, query_names, width, height,
      original_width, original_height, sha256, status); per shard `NNNNN.parquet` (every row attempted, with
@@ -10,35 +11,8 @@ Out: `<out>/{00000..}.tar` in img2dataset's layout, one sample per downloaded im
      counters account for every input row: kept (downloaded) or rejected by reason (`failure_reason`).
 Run: `python -m pipeline.shards --input 'work/balanced/*.parquet' --out shards/NAME [--queries Q.tsv]`
      (`make shards`); rerun the same command to resume; add `--retry-failed` to retry transient failures.
-
-Decisions
-- img2dataset's own `download()` does the work (reader, multiprocessing/pyspark/ray distributors,
-  incremental resume). Two of its pieces are swapped for ours by substituting its `Downloader` with
-  `GuardedDownloader`, a subclass that (1) writes samples under `uid` instead of img2dataset's shard-index key
-  (1.47 has no key option), and (2) installs the `pipeline.shards.netguard` opener in each worker process
-  before fetching, so address, scheme, body-size and decompression-bomb checks apply to every request and
-  redirect. Rows whose URL can be refused without a look-up (scheme, IP literal) never reach img2dataset.
-- Defaults for CLIP training: short side resized to 256 keeping the aspect ratio (`keep_ratio`), never
-  upscaled: CLIP trains at 224 and a 256 short side leaves room for random-resized crops (the OpenAI and
-  open_clip recipes resize then crop) at a quarter of the pixels of 512. Minimum short side 64 px
-  (icons and tracking pixels carry no content at 224), aspect ratio at most 3 (DataComp's basic filter),
-  JPEG quality 95 (img2dataset's default), timeout 10 s, no in-run retries (use `--retry-failed`, which
-  retries only transient failures), `X-Robots-Tag` noai/noimageai/noindex/noimageindex honoured, user agent
-  token `witbuild`, one process per core with 32 threads each (downloads wait on the network, not the CPU).
-- Resume: img2dataset's incremental mode skips shards whose `_stats.json` exists; the prepared input is
-  reused only if the inputs and the refusal settings are unchanged (else a clear error), so shard ids
-  keep pointing at the same rows and the counters, recomputed from the per-shard parquets, stay right.
-  Shards cut off mid-write (a tar without `_stats.json`) are deleted and redone. `manifest.json` is removed
-  when a run starts and written when it ends: img2dataset reads every `*.json` in the folder as shard stats.
-- `--retry-failed` takes the rows whose latest attempt failed with a transient reason (`TRANSIENT_REASONS`,
-  5xx, 408, 429), writes them to `_retry/round-K.parquet` and downloads them into new shards after the
-  last one (img2dataset's `extend` mode). An interrupted retry round is not resumed as such: rerunning
-  `--retry-failed` starts a new round from the rows still failing (shards of the broken round are removed).
-- Distributed: `--distributor pyspark` runs on the active Spark session (or a local one), `ray` on a Ray
-  cluster; workers need this package installed, since they unpickle `GuardedDownloader` from it.
-- Limits: `uid`s are taken as unique (the `match` stage keys pairs by them); a repeated uid would give two
-  samples with one key. The guard's opener is installed process-wide in each download worker. The retry
-  bookkeeping holds one entry per retried row in memory (transient failures only, a few % of a pool).
+Decisions (img2dataset integration, defaults, resume, retries, limits): the comment below the imports.
+Numbers: BENCHMARKS.md, "Download to shards".
 """
 
 from __future__ import annotations
@@ -46,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -66,15 +41,46 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.common.downloads import NOT_WRITTEN, SHARD_FAILED, failure_reason, is_transient
-from pipeline.common.files import expand_files, qualified
+from pipeline.common.files import NoFilesError, expand, find
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.records import QueryListError, load_query_list
 from pipeline.shards.netguard import FetchPolicy, build_guarded_opener, url_refusal
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
-import img2dataset  # noqa: F401 -- after the environment above
+# img2dataset imports albumentations, which checks PyPI for updates on import unless NO_ALBUMENTATIONS_UPDATE=1:
+# the entry points (`python -m pipeline.shards`, the Makefile, the tests' conftest) set it; a library caller sets it.
+import img2dataset  # noqa: F401
 from img2dataset.downloader import Downloader
 from img2dataset.writer import WebDatasetSampleWriter
+from pipeline.common.logs import setup_logging
+
+# Decisions
+# - img2dataset's own `download()` does the work (reader, multiprocessing/pyspark/ray distributors,
+#   incremental resume). Two of its pieces are swapped for ours by substituting its `Downloader` with
+#   `GuardedDownloader`, a subclass that (1) writes samples under `uid` instead of img2dataset's shard-index key
+#   (1.47 has no key option), and (2) installs the `pipeline.shards.netguard` opener in each worker process
+#   before fetching, so address, scheme, body-size and decompression-bomb checks apply to every request and
+#   redirect. Rows whose URL can be refused without a look-up (scheme, IP literal) never reach img2dataset.
+# - Defaults for CLIP training: short side resized to 256 keeping the aspect ratio (`keep_ratio`), never
+#   upscaled: CLIP trains at 224 and a 256 short side leaves room for random-resized crops (the OpenAI and
+#   open_clip recipes resize then crop) at a quarter of the pixels of 512. Minimum short side 64 px
+#   (icons and tracking pixels carry no content at 224), aspect ratio at most 3 (DataComp's basic filter),
+#   JPEG quality 95 (img2dataset's default), timeout 10 s, no in-run retries (use `--retry-failed`, which
+#   retries only transient failures), `X-Robots-Tag` noai/noimageai/noindex/noimageindex honoured, user agent
+#   token `witbuild`, one process per core with 32 threads each (downloads wait on the network, not the CPU).
+# - Resume: img2dataset's incremental mode skips shards whose `_stats.json` exists; the prepared input is
+#   reused only if the inputs and the refusal settings are unchanged (else a clear error), so shard ids
+#   keep pointing at the same rows and the counters, recomputed from the per-shard parquets, stay right.
+#   Shards cut off mid-write (a tar without `_stats.json`) are deleted and redone. `manifest.json` is removed
+#   when a run starts and written when it ends: img2dataset reads every `*.json` in the folder as shard stats.
+# - `--retry-failed` takes the rows whose latest attempt failed with a transient reason (`TRANSIENT_REASONS`,
+#   5xx, 408, 429), writes them to `_retry/round-K.parquet` and downloads them into new shards after the
+#   last one (img2dataset's `extend` mode). An interrupted retry round is not resumed as such: rerunning
+#   `--retry-failed` starts a new round from the rows still failing (shards of the broken round are removed).
+# - Distributed: `--distributor pyspark` runs on the active Spark session (or a local one), `ray` on a Ray
+#   cluster; workers need this package installed, since they unpickle `GuardedDownloader` from it.
+# - Limits: `uid`s are taken as unique (the `match` stage keys pairs by them); a repeated uid would give two
+#   samples with one key. The guard's opener is installed process-wide in each download worker. The retry
+#   bookkeeping holds one entry per retried row in memory (transient failures only, a few % of a pool).
 
 # The module, not the package attribute: img2dataset/__init__.py rebinds `img2dataset.main` to a function.
 i2d_main = importlib.import_module("img2dataset.main")
@@ -126,32 +132,70 @@ def guarded_downloads(policy: FetchPolicy) -> Iterator[None]:
         i2d_main.Downloader = original
 
 
-def download_settings(args: argparse.Namespace, url_list: str, extra_columns: list[str], mode: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    """What img2dataset is asked to do: the stage's flags about images, workers and politeness."""
+    out: str
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_quality: int = 95
+    min_image_size: int = 64
+    max_aspect_ratio: float = 3.0
+    max_pixels: int = FetchPolicy.max_pixels
+    timeout: int = 10
+    retries: int = 0
+    samples_per_shard: int = 10_000
+    processes: int = 1
+    threads: int = 32
+    distributor: str = "multiprocessing"
+    user_agent_token: str = "witbuild"
+    disallowed_header_directives: str = DISALLOWED_HEADER_DIRECTIVES
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardsSettings:
+    """The stage's flags, parsed once by `run`; each helper gets the part it needs."""
+    input: str | None
+    queries: str | None
+    allow_loopback: bool
+    max_bytes: int
+    retry_failed: bool
+    download: DownloadSettings
+
+    @property
+    def out(self) -> str:
+        return self.download.out
+
+    def policy(self) -> FetchPolicy:
+        """The fetch policy of every request and redirect (netguard)."""
+        return FetchPolicy(allow_loopback=self.allow_loopback, max_bytes=self.max_bytes,
+                           max_pixels=self.download.max_pixels, body_timeout=3.0 * self.download.timeout)
+
+
+def settings_of(args: argparse.Namespace) -> ShardsSettings:
+    download = DownloadSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DownloadSettings)})
+    return ShardsSettings(args.input, args.queries, args.allow_loopback, args.max_bytes, args.retry_failed, download)
+
+
+def download_settings(d: DownloadSettings, url_list: str, extra_columns: list[str], mode: str) -> dict:
     """Keyword arguments of img2dataset.download for this run (the bench passes the same to bare img2dataset)."""
     return {
-        "url_list": url_list, "output_folder": args.out, "input_format": "parquet", "url_col": "url",
+        "url_list": url_list, "output_folder": d.out, "input_format": "parquet", "url_col": "url",
         "caption_col": "caption", "save_additional_columns": extra_columns, "output_format": "webdataset",
-        "encode_format": "jpg", "image_size": args.image_size, "resize_mode": args.resize_mode,
-        "resize_only_if_bigger": args.resize_only_if_bigger, "encode_quality": args.encode_quality,
-        "min_image_size": args.min_image_size, "max_image_area": args.max_pixels,
-        "max_aspect_ratio": args.max_aspect_ratio, "processes_count": args.processes, "thread_count": args.threads,
-        "number_sample_per_shard": args.samples_per_shard, "timeout": args.timeout, "retries": args.retries,
-        "distributor": args.distributor, "incremental_mode": mode, "oom_shard_count": OOM_SHARD_COUNT,
+        "encode_format": "jpg", "image_size": d.image_size, "resize_mode": d.resize_mode,
+        "resize_only_if_bigger": d.resize_only_if_bigger, "encode_quality": d.encode_quality,
+        "min_image_size": d.min_image_size, "max_image_area": d.max_pixels,
+        "max_aspect_ratio": d.max_aspect_ratio, "processes_count": d.processes, "thread_count": d.threads,
+        "number_sample_per_shard": d.samples_per_shard, "timeout": d.timeout, "retries": d.retries,
+        "distributor": d.distributor, "incremental_mode": mode, "oom_shard_count": OOM_SHARD_COUNT,
         "compute_hash": "sha256", "extract_exif": False, "enable_wandb": False,
-        "user_agent_token": args.user_agent_token,
-        "disallowed_header_directives": [d for d in args.disallowed_header_directives.split(",") if d],
+        "user_agent_token": d.user_agent_token,
+        "disallowed_header_directives": [x for x in d.disallowed_header_directives.split(",") if x],
     }
 
 
 # ---- preparing the input ----
-
-def expand_inputs(pattern: str) -> list[str]:
-    """Input parquet files of a glob or a folder; SystemExit if there are none."""
-    paths = expand_files(pattern, ".parquet")
-    if not paths:
-        raise SystemExit(f"shards: no input parquet matches {pattern!r}")
-    return paths
-
 
 def query_names(query_ids: Iterable[int] | None, names: list[str]) -> list[str | None]:
     """Names of query ids (None for an id outside the list)."""
@@ -242,13 +286,12 @@ def shard_sizes(rows_per_file: list[int], per_shard: int) -> list[int]:
 
 def shard_files(out: str) -> dict[int, dict[str, str]]:
     """{shard id: {"tar"|"parquet"|"stats": path}} of the numbered shard files in out."""
-    fs, root = fsspec.core.url_to_fs(out)
     found: dict[int, dict[str, str]] = collections.defaultdict(dict)
-    for path in fs.glob(f"{root}/[0-9]*"):
+    for path in find(f"{out.rstrip('/')}/[0-9]*"):
         match = re.fullmatch(r"(\d+)(\.tar|\.parquet|_stats\.json)", path.rsplit("/", 1)[-1])
         if match:
             kind = {"_stats.json": "stats"}.get(match.group(2), match.group(2)[1:])
-            found[int(match.group(1))][kind] = qualified(fs, path)
+            found[int(match.group(1))][kind] = path
     return dict(found)
 
 
@@ -356,89 +399,91 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def policy_of(args: argparse.Namespace) -> FetchPolicy:
-    return FetchPolicy(allow_loopback=args.allow_loopback, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-                       body_timeout=3.0 * args.timeout)
-
-
-def run_main(args: argparse.Namespace) -> dict:
+def run_main(s: ShardsSettings) -> dict:
     """Prepare (or reuse) the input and download the shards not finished yet; return the prepared summary."""
-    inputs = [file_info(p) for p in expand_inputs(args.input)]
-    queries = file_info(args.queries) if args.queries else None
-    fingerprint = {"inputs": inputs, "queries": queries, "allow_loopback": args.allow_loopback,
-                   "samples_per_shard": args.samples_per_shard}
-    prepared = load_prepared(args.out)
+    try:
+        inputs = [file_info(p) for p in expand(s.input, ".parquet")]
+    except NoFilesError as err:
+        raise SystemExit(f"shards: {err}") from None
+    queries = file_info(s.queries) if s.queries else None
+    fingerprint = {"inputs": inputs, "queries": queries, "allow_loopback": s.allow_loopback,
+                   "samples_per_shard": s.download.samples_per_shard}
+    prepared = load_prepared(s.out)
     if prepared is not None and prepared["fingerprint"] != fingerprint:
-        if any("stats" in f for f in shard_files(args.out).values()):
-            raise SystemExit(f"shards: {args.out} holds shards of other inputs or settings "
+        if any("stats" in f for f in shard_files(s.out).values()):
+            raise SystemExit(f"shards: {s.out} holds shards of other inputs or settings "
                              "(input files, --queries, --allow-loopback, --samples-per-shard); use a new --out")
         prepared = None
     if prepared is None:
         try:
-            names = load_query_list(args.queries) if args.queries else None
+            names = load_query_list(s.queries) if s.queries else None
         except QueryListError as err:
             raise SystemExit(f"shards: {err}") from None
-        prepared = prepare_input(inputs, args.out, names, args.allow_loopback, fingerprint)
+        prepared = prepare_input(inputs, s.out, names, s.allow_loopback, fingerprint)
     if sum(prepared["rows_per_file"]):
-        settings = download_settings(args, f"{args.out}/_input", prepared["extra_columns"], "incremental")
-        with guarded_downloads(policy_of(args)):
+        settings = download_settings(s.download, f"{s.out}/_input", prepared["extra_columns"], "incremental")
+        with guarded_downloads(s.policy()):
             i2d_main.download(**settings)
     return prepared
 
 
-def run_retry(args: argparse.Namespace, prepared: dict) -> None:
-    """One retry round: transient failures into new shards after the last one."""
+def run_retry(s: ShardsSettings, prepared: dict) -> None:
+    """One retry round: transient failures into new shards after the last one (s.download.samples_per_shard
+    is the first run's)."""
     sizes = shard_sizes(prepared["rows_per_file"], prepared["fingerprint"]["samples_per_shard"])
-    files = shard_files(args.out)
+    files = shard_files(s.out)
     if any("stats" not in files.get(sid, {}) for sid in range(len(sizes))):
-        raise SystemExit(f"shards: {args.out}: the first run is unfinished; rerun without --retry-failed first")
-    rows = retry_rows(args.out)
+        raise SystemExit(f"shards: {s.out}: the first run is unfinished; rerun without --retry-failed first")
+    rows = retry_rows(s.out)
     if rows is None:
         log.info("shards: no transient failures to retry")
         return
-    fs, root = fsspec.core.url_to_fs(args.out)
+    fs, root = fsspec.core.url_to_fs(s.out)
     fs.makedirs(f"{root}/_retry", exist_ok=True)
-    round_path = f"{args.out}/_retry/round-{len(fs.glob(f'{root}/_retry/round-*.parquet')) + 1:03d}.parquet"
+    round_path = f"{s.out}/_retry/round-{len(find(f'{s.out}/_retry/round-*.parquet')) + 1:03d}.parquet"
     with fsspec.open(round_path, "wb") as f:
         pq.write_table(rows, f)
     log.info("shards: retrying %d rows (%s)", rows.num_rows, round_path)
     extra = [c for c in ("uid", "query_ids", "query_names") if c in rows.column_names]
-    with guarded_downloads(policy_of(args)):
-        i2d_main.download(**download_settings(args, round_path, extra, "extend"))
+    with guarded_downloads(s.policy()):
+        i2d_main.download(**download_settings(s.download, round_path, extra, "extend"))
 
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    s = settings_of(args)
     start = time.monotonic()
-    fs, root = fsspec.core.url_to_fs(args.out)
+    fs, root = fsspec.core.url_to_fs(s.out)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")  # stale once a run starts; img2dataset would also misread it as shard stats
-    removed = remove_unfinished_shards(args.out)
+    removed = remove_unfinished_shards(s.out)
     if removed:
         log.info("shards: removed %d unfinished shard(s) %s; they are downloaded again", len(removed), removed[:10])
-    if args.retry_failed:
-        prepared = load_prepared(args.out)
+    if s.retry_failed:
+        prepared = load_prepared(s.out)
         if prepared is None:
-            raise SystemExit(f"shards: {args.out}: nothing to retry (no earlier run there)")
-        args.samples_per_shard = prepared["fingerprint"]["samples_per_shard"]
-        run_retry(args, prepared)
+            raise SystemExit(f"shards: {s.out}: nothing to retry (no earlier run there)")
+        # a retry round writes shards of the first run's size, whatever --samples-per-shard says now
+        s = dataclasses.replace(s, download=dataclasses.replace(
+            s.download, samples_per_shard=prepared["fingerprint"]["samples_per_shard"]))
+        run_retry(s, prepared)
     else:
-        prepared = run_main(args)
+        prepared = run_main(s)
     per_shard = prepared["fingerprint"]["samples_per_shard"]
-    counters = account(args.out, prepared, per_shard)
-    files = shard_files(args.out)
+    counters = account(s.out, prepared, per_shard)
+    files = shard_files(s.out)
     extra = {"shards": sum("tar" in f for f in files.values()),
              "main_shards": len(shard_sizes(prepared["rows_per_file"], per_shard))}
-    manifest = write_manifest(args.out, stage=STAGE, settings=vars(args),
+    manifest = write_manifest(s.out, stage=STAGE, settings=dict(vars(args), samples_per_shard=per_shard),
                               inputs=prepared["fingerprint"]["inputs"], counters=counters,
                               wall_time_s=time.monotonic() - start, extra=extra)
     log.info("shards: read %d, kept %d, rejected %s -> %s", counters["read"], counters["kept"],
-             counters["rejected"], args.out)
+             counters["rejected"], s.out)
     return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     run(argv)
 
 

@@ -1,0 +1,25 @@
+"""The optional C extensions in tests: compared with their Python twins where built, skipped with the reason where
+not; CI (make test, .ci/run) sets WITBUILD_REQUIRE_NATIVE=1, which turns "not built" into a failure."""
+
+import os
+
+import pytest
+
+REQUIRED = os.environ.get("WITBUILD_REQUIRE_NATIVE") == "1"
+
+
+def not_built_reason(name: str) -> str:
+    return (f"{name} is not built (no C compiler at install time): the stage runs the Python twins; "
+            "WITBUILD_REQUIRE_NATIVE=1 makes this a failure")
+
+
+def needs(module, name: str):
+    """Skip a C-vs-Python test where the extension is not built (a failure under WITBUILD_REQUIRE_NATIVE=1)."""
+    return pytest.mark.skipif(module is None and not REQUIRED, reason=not_built_reason(name))
+
+
+def check_built(module, name: str) -> None:
+    """The body of a test_*_core_is_built: skip with the reason, or fail where the build is required."""
+    if module is None and not REQUIRED:
+        pytest.skip(not_built_reason(name))
+    assert module is not None, f"{name} not built: pip install -e . with a C compiler and the Python headers"

@@ -1,0 +1,132 @@
+"""pipeline.common.files: every spec kind, locally and through fsspec's memory:// filesystem, and the errors."""
+
+import uuid
+
+import fsspec
+import pytest
+
+from pipeline.common import files
+from pipeline.common.files import NoFilesError, atomic_write, expand, find
+
+
+@pytest.fixture
+def local(tmp_path):
+    """A folder with three shards, a stats file, a sub-folder (with a shard that must not be listed) and a dump."""
+    for name in ("00000.tar", "00001.tar", "00002.tar", "00000_stats.json", "sub/00009.tar", "other/a.xml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    return tmp_path
+
+
+@pytest.fixture
+def memory():
+    """The same tree on fsspec's in-memory filesystem, under a fresh root; removed afterwards."""
+    fs = fsspec.filesystem("memory")
+    root = f"/t{uuid.uuid4().hex}"
+    for name in ("00000.tar", "00001.tar", "00002.tar", "00000_stats.json", "sub/00009.tar", "other/a.xml"):
+        fs.pipe(f"{root}/{name}", name.encode())
+    yield f"memory://{root}"
+    fs.rm(root, recursive=True)
+
+
+def test_local_spec_kinds(local):
+    tars = [str(local / f"0000{i}.tar") for i in range(3)]
+    assert expand(str(local), ".tar") == tars                       # a folder: its *.tar, not sub-folders
+    assert expand(f"{local}/", ".tar") == tars
+    assert expand(str(local / "*.tar")) == tars                     # a glob
+    assert expand(str(local / "0000[12].tar")) == tars[1:]
+    assert expand(str(local / "{00002,00000}.tar")) == [tars[0], tars[2]]   # a brace list, sorted
+    assert expand(str(local / "{00000..00002}.tar")) == tars        # a brace range
+    assert expand(str(local / "{sub,other}/*")) == [str(local / "other/a.xml"), str(local / "sub/00009.tar")]
+    assert expand([tars[2], tars[0], tars[2]]) == [tars[0], tars[2]]          # a list, de-duplicated
+    assert expand(f"{tars[1]}::{tars[0]}") == tars[:2]              # webdataset's '::' separator
+    assert expand(tars[1]) == [tars[1]]                             # one file
+    assert expand(str(local), (".json", ".tar")) == tars[:1] + [str(local / "00000_stats.json")] + tars[1:]
+
+
+def test_one_named_file_keeps_its_spelling(local, monkeypatch):
+    monkeypatch.chdir(local)
+    assert expand("00001.tar") == ["00001.tar"]
+    assert expand("other/a.xml") == ["other/a.xml"]
+
+
+def test_streams_are_expanded_not_listed():
+    assert expand("pipe:cat /x/{0..2}.tar") == ["pipe:cat /x/0.tar", "pipe:cat /x/1.tar", "pipe:cat /x/2.tar"]
+    assert expand("http://127.0.0.1:1/s/{00..01}.tar") == ["http://127.0.0.1:1/s/00.tar", "http://127.0.0.1:1/s/01.tar"]
+
+
+def test_memory_spec_kinds(memory):
+    tars = [f"{memory}/0000{i}.tar" for i in range(3)]
+    assert expand(memory, ".tar") == tars
+    assert expand(f"{memory}/*.tar") == tars
+    assert expand(f"{memory}/0000[12].tar") == tars[1:]
+    assert expand(f"{memory}/{{00000..00002}}.tar") == tars
+    assert expand(f"{memory}/{{sub,other}}/*") == [f"{memory}/other/a.xml", f"{memory}/sub/00009.tar"]
+    assert expand([tars[1], tars[0]]) == tars[:2]
+    assert expand(tars[2]) == [tars[2]]
+    with files.open_file(expand(f"{memory}/other/*.xml")[0], "rb") as f:
+        assert f.read() == b"other/a.xml"
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_nothing_matches_is_one_clear_error(where, local, memory):
+    root = str(local) if where == "local" else memory
+    with pytest.raises(NoFilesError, match=r"no file matches '.*/nothing-\*\.parquet'$"):
+        expand(f"{root}/nothing-*.parquet")
+    with pytest.raises(NoFilesError, match=r"no file matches '.*/missing\.tar'$"):
+        expand(f"{root}/missing.tar")
+    with pytest.raises(NoFilesError, match=r"no file matches '.*/other' \(in a folder: its \*\.tar files\)"):
+        expand(f"{root}/other", ".tar")
+    # a brace pattern naming a missing shard is an error, not a shorter list
+    with pytest.raises(NoFilesError, match=r"no file matches '.*/00003\.tar' \(and 1 more\)"):
+        expand(f"{root}/{{00000..00004}}.tar")
+    # each item of a list must name something: a mistyped second input is not silently dropped
+    with pytest.raises(NoFilesError, match="no file matches '.*/typo'"):
+        expand([f"{root}/00000.tar", f"{root}/typo"])
+    assert find(f"{root}/nothing-*.parquet") == []   # find: for a stage's own outputs, nothing is fine
+
+
+def test_unlistable_spec_is_one_line():
+    with pytest.raises(NoFilesError, match="cannot list"):
+        expand("nosuchprotocol://bucket/x.tar")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_atomic_write_replaces_whole_or_not_at_all(where, local, memory):
+    path = f"{local if where == 'local' else memory}/out.txt"
+    with atomic_write(path, "wb") as f:
+        f.write(b"first")
+    with atomic_write(path, "wb") as f:
+        f.write(b"second")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path, "wb") as f:
+            f.write(b"half")
+            raise RuntimeError("writer died")
+    with files.open_file(path, "rb") as f:
+        got = f.read()
+    assert got == b"second"   # the interrupted write left the old file
+    assert sorted(p.name for p in local.iterdir() if "out" in p.name) == (["out.txt"] if where == "local" else [])
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write("tr\u00e8s")
+    with files.open_file(path, "rb") as f:
+        assert f.read() == "tr\u00e8s".encode()
+
+
+def test_makedirs_exists_remove(local, memory):
+    for root in (str(local), memory):
+        files.makedirs(f"{root}/new/deeper")
+        assert files.exists(f"{root}/00000.tar") and not files.exists(f"{root}/nope")
+        files.remove(expand(f"{root}/0000[01].tar"))
+        assert expand(root, ".tar") == [f"{root}/00002.tar"]
+
+
+def test_named_files_unchecked_for_the_trainer(local):
+    # The trainer skips and counts a shard it cannot read, so it takes named shards as written...
+    named = f"{local}/{{00000..00003}}.tar"
+    assert expand(named, ".tar", check_named=False) == [str(local / f"0000{i}.tar") for i in range(4)]
+    with pytest.raises(NoFilesError, match="00003.tar"):
+        expand(named, ".tar")
+    # ...but folders and globs are still listed, and one that names nothing is still an error.
+    assert expand(str(local), ".tar", check_named=False) == [str(local / f"0000{i}.tar") for i in range(3)]
+    with pytest.raises(NoFilesError, match="no file matches"):
+        expand(f"{local}/none-*.tar", ".tar", check_named=False)
