@@ -50,10 +50,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# torch pinned on the same command line: pip takes the CPU build on disk instead of a CUDA one
-	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev,cluster]"
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install the project with its dev extras (fast when done)
+setup: $(STAMP)  ## create .venv and install the project with its dev and cluster extras (fast when done)
 
 # CI's test command: the C extensions must have been built (WITBUILD_REQUIRE_NATIVE=1 turns the skip of the
 # C-vs-Python tests into a failure), and each fuzzer runs briefly on the sanitized build first.
@@ -166,6 +166,7 @@ $(DEMO)/report.done: reports/demo/stats/stats.json runs/demo/zeroshot.json
 DATA ?= $(wildcard ../shared/data)
 
 bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.md (DATA= folder of larger real inputs)
+	$(PY) -m bench.bench_queries_scale
 	$(PY) -m bench.bench_queries $(if $(DUMP_BENCH),--dump $(DUMP_BENCH)) $(if $(DATA),--data $(DATA))
 	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
 	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))

@@ -98,6 +98,14 @@ def main() -> None:
     gpu_h = SAMPLES_SEEN / rate / 3600
     lines.append(f"| train ViT-B/32 | 32 epochs x 400M = {SAMPLES_SEEN / 1e9:.1f}B samples | {rate:,.0f} samples/s per GPU, "
                  f"{source} | {gpu_h:,.0f} GPU-hours | {gpu_h / GPUS / 24:,.1f} days |")
+    scale = load("queries_scale")
+    if scale:
+        from bench.bench_queries_scale import ENWIKI_XML_BYTES, per_worker_mb
+        from pipeline.queries.stage import count_buckets_for
+        buckets = count_buckets_for([("enwiki.xml", ENWIKI_XML_BYTES)])
+        lines += ["", f"Stage 1 memory at full enwiki (bench_queries_scale): ~{scale['enwiki']['bigrams'] / 1e6:,.0f}M "
+                  f"distinct bigrams in {buckets} count buckets: ~{per_worker_mb(scale, buckets) / 1e3:.1f} GB per "
+                  "worker (extrapolated), so 16-core workers with 4 GB per core run one bundle per core."]
     lines += ["", "Downloads over the internet are bounded by bandwidth, DNS and remote servers, not CPU: "
               "img2dataset's README reports 100M URLs in 20 h on one machine (~1,400 images/s) and LAION-400M in "
               "3.5 days, so 400M downloads take ~80 node-hours (~2.5 h on 32 nodes if the uplink allows). "

@@ -379,3 +379,20 @@ def test_pmi_bound_prunes_no_bigram_that_reaches_min_pmi(pairs, min_pmi):
                 for k, v in part.items()}
     reaching = {ab for ab, n in pairs.items() if Q.bigram_pmi(n, unigrams[ab[0]], unigrams[ab[1]], total) >= min_pmi}
     assert reaching <= set(attached)
+
+
+def test_count_buckets_grow_with_the_input_from_16():
+    mb = 1 << 20
+    assert Q.count_buckets_for([("a.xml.bz2", 2 * mb)]) == 16                       # the excerpt, the demo
+    assert Q.count_buckets_for([("a.xml", 256 * mb * 40)]) == 40                    # a bucket per 256 MB of XML
+    assert Q.count_buckets_for([("a.xml.bz2", 22_000 * mb), ("b.xml", 0)]) == 310   # ~22 GB bz2 = 3.6x as XML
+
+
+def test_same_bytes_with_any_bucket_count(tmp_path):
+    dump = write_dump(tmp_path / "d.xml", ARTICLES * 2)
+    outputs = []
+    for buckets in ("0", "1", "64"):
+        m = run_stage(tmp_path, ["--dump", str(dump)], out=f"b{buckets}", extra=["--count-buckets", buckets])
+        assert m["settings"]["count_buckets"] == (16 if buckets == "0" else int(buckets))
+        outputs.append((tmp_path / f"b{buckets}" / "queries.tsv").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0].splitlines()) > 5

@@ -108,6 +108,12 @@ def exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def size(path: str) -> int:
+    """Bytes of a file."""
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.size(p)
+
+
 def makedirs(path: str) -> None:
     """Create a folder and its parents (object stores have no folders: a no-op there)."""
     fs, p = fsspec.core.url_to_fs(path)

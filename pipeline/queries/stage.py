@@ -586,15 +586,32 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-entries", type=int, default=MAX_ENTRIES)
     p.add_argument("--split-mb", type=int, default=wikidump.DEFAULT_SPLIT_BYTES >> 20,
                    help="compressed MB of bz2 streams per work item for multistream dumps")
-    p.add_argument("--count-buckets", type=int, default=COUNT_BUCKETS, help="hash buckets the word counts are merged in")
+    p.add_argument("--count-buckets", type=int, default=0,
+                   help="hash buckets the word counts are merged in (default: by input size, >= 16; see count_buckets_for)")
     p.add_argument("--max-keys-per-worker", type=int, default=MAX_KEYS_PER_WORKER,
                    help="flush a split's partial counts beyond this many distinct bigrams (memory bound)")
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 of inputs in the manifest")
     args, beam_args = p.parse_known_args(argv)
-    for name in ("min_unigram_count", "min_bigram_count", "max_entries", "split_mb", "count_buckets"):
+    for name in ("min_unigram_count", "min_bigram_count", "max_entries", "split_mb"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.count_buckets < 0:
+        p.error("--count-buckets must be >= 1 (or 0: by input size)")
     return args, beam_args
+
+
+# A worker's largest state is one count bucket's merged bigram dict, so the bucket count grows with the input:
+# distinct bigrams grow more slowly than the text (~tokens^0.81, BENCHMARKS.md "Stage 1 at scale"), so a bucket
+# per 256 MB of XML keeps a bucket under ~1M distinct bigrams (~170 MB) up to the full English dump and beyond.
+MIN_COUNT_BUCKETS = 16
+XML_BYTES_PER_BUCKET = 256 << 20
+BZ2_XML_RATIO = 3.6   # XML bytes per bz2 byte of Wikipedia text: 194.78 MB / 54.24 MB (BENCHMARKS.md, "Stage 1")
+
+
+def count_buckets_for(dump_sizes: list[tuple[str, int]]) -> int:
+    """Buckets for dumps of these (path, bytes): one per XML_BYTES_PER_BUCKET of (estimated) XML, >= 16."""
+    xml_bytes = sum(size * (BZ2_XML_RATIO if path.endswith(".bz2") else 1) for path, size in dump_sizes)
+    return max(MIN_COUNT_BUCKETS, math.ceil(xml_bytes / XML_BYTES_PER_BUCKET))
 
 
 def _check_wordnet(folder: str) -> list[str]:
@@ -614,6 +631,8 @@ def run(argv: list[str] | None = None) -> dict:
         for path in dumps:
             wikidump.check_dump(path)
         splits = [s for path in dumps for s in wikidump.plan_splits(path, args.split_mb << 20)]
+        if not args.count_buckets:
+            args.count_buckets = count_buckets_for([(path, files.size(path)) for path in dumps])
         wordnet_files = _check_wordnet(args.wordnet) if args.wordnet else []
         pageview_files = files.expand(args.pageviews) if args.pageviews else []
     except (wikidump.InputError, files.NoFilesError) as e:
