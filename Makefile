@@ -180,8 +180,10 @@ BUILD_EXT       := $(PY) -c "from setuptools import setup; setup()" -q build_ext
 SANITIZE_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 # CPython's leaks at exit are not ours; PYTHONMALLOC=malloc hands every PyMem buffer to ASan (pymalloc hides them)
 SANITIZE_ENV    := ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
-                   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc WITBUILD_REQUIRE_NATIVE=1
+                   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc WITBUILD_REQUIRE_NATIVE=1 WITBUILD_DEADLINE_FACTOR=10
 SANITIZE_ARGS   ?=
+# the plain extensions come back however the run ends (failure, Ctrl-C, kill): never leave sanitized .so behind
+RESTORE_NATIVE   = trap '$(MAKE) --no-print-directory native' EXIT; trap 'exit 130' INT TERM
 FUZZ_TARGETS    ?= wikicore check_rows hit_columns
 FUZZ_SECONDS    ?= 300
 FUZZ_SECONDS_CI ?= 45
@@ -199,14 +201,13 @@ native-sanitized: setup clang  ## rebuild the C extensions in place with clang, 
 		$(BUILD_EXT) --build-temp build/sanitized
 
 sanitize: native-sanitized sample-data  ## the test suite under ASan + UBSan (SANITIZE_ARGS= for pytest), then `make native`
-	status=0; $(SANITIZE_ENV) LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so) \
-		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_ARGS) || status=$$?; \
-		$(MAKE) --no-print-directory native; exit $$status
+	$(RESTORE_NATIVE); status=0; $(SANITIZE_ENV) LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so) \
+		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_ARGS) || status=$$?; exit $$status
 
 fuzz: native-sanitized sample-data  ## each C entry point vs its Python twin, FUZZ_SECONDS each (fuzz/run.py), then `make native`
-	status=0; for target in $(FUZZ_TARGETS); do \
+	$(RESTORE_NATIVE); status=0; for target in $(FUZZ_TARGETS); do \
 		$(SANITIZE_ENV) LD_PRELOAD=$(ATHERIS_ASAN) $(PY) -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || status=1; \
-	done; $(MAKE) --no-print-directory native; exit $$status
+	done; exit $$status
 
 # Issue 15's before/after: each stage whose C changed, against a checkout of the previous main (REFERENCE=DIR).
 bench-native: setup sample-data  ## stages before/after issue 15 vs REFERENCE= (a checkout of the previous main; DATA=)

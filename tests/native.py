@@ -23,3 +23,9 @@ def check_built(module, name: str) -> None:
     if module is None and not REQUIRED:
         pytest.skip(not_built_reason(name))
     assert module is not None, f"{name} not built: pip install -e . with a C compiler and the Python headers"
+
+
+def wall_clock(seconds: float) -> float:
+    """A test's wall-clock deadline, stretched by WITBUILD_DEADLINE_FACTOR (make sanitize sets it: ASan slows
+    torch/gloo many-fold, which is not a hang)."""
+    return seconds * float(os.environ.get("WITBUILD_DEADLINE_FACTOR", "1"))

@@ -23,6 +23,7 @@ import pytest
 from pipeline import balance
 from pipeline.match import stage as match
 from pipeline.queries import stage as queries
+from tests.native import wall_clock
 from tests.wikidumps import write_dump
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ ARTICLES = [{"title": f"{t.title()} {i}",
 
 
 def _wait_for_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wall_clock(timeout)
     while not path.exists():
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")

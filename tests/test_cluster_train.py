@@ -18,6 +18,7 @@ import torch
 
 from tests.test_train_loss import free_port
 from demo.synthetic import write_shards
+from tests.native import wall_clock
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def start(cmd: list[str]) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> None:
     try:
-        _, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=wall_clock(timeout))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -76,7 +77,7 @@ def test_killed_ranks_resume_to_the_weights_of_an_uninterrupted_run(shards, tmp_
     assert sorted(p.name for p in straight.iterdir()) == ["ckpt_latest.pt", "config.json", "metrics.jsonl"]
 
     proc = start(torchrun("-m", "train.train", "--shards", shards, "--out", str(resumed), *TRAIN))
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + wall_clock(300)
     metrics = resumed / "metrics.jsonl"
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):   # a checkpoint at step 4
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"

@@ -13,6 +13,7 @@ from PIL import Image
 
 from train import train, zeroshot
 from demo.synthetic import draw_shape, shape_classes, write_shards
+from tests.native import wall_clock
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny.json")
 # 32 px, 1 thread (the test machine has 2 busy cores), no loader workers unless a test needs them
@@ -137,7 +138,7 @@ def test_two_rank_gloo_run_with_uneven_shards_finishes(tmp_path):
     args = ["--shards", f"{tmp_path}/s/{{00000..00002}}.tar", "--out", str(tmp_path / "run"), "--steps", "6",
             "--batch-size", "8", "--log-every", "2", "--device", "cpu", *FAST]
     ctx = mp.spawn(ddp_worker, args=(2, free_port(), args), nprocs=2, join=False)
-    deadline = _time.monotonic() + 120
+    deadline = _time.monotonic() + wall_clock(120)
     while not ctx.join(timeout=5):
         if _time.monotonic() > deadline:
             for p in ctx.processes:
