@@ -35,7 +35,7 @@ import fsspec
 import pyarrow.parquet as pq
 from scipy import stats as scipy_stats
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.images import image_member
 from pipeline.common.evalsets import EvalSet, EvalSetError, iter_eval_images, open_eval_sets
 from pipeline.common.rawtar import iter_raw_samples
@@ -173,7 +173,8 @@ def write_example(path: str, eval_image: bytes, train_image: bytes, title_eval: 
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.text(0.5, 0.02, "\n".join(textwrap.wrap(f"caption: {caption}", 80)[:3]), ha="center", fontsize=7)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with files.atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -194,13 +195,13 @@ def write_examples(out: str, eval_set: EvalSet, decisions: list[dict], n: int) -
     wanted = {d["eval_image_id"] for d in chosen}
     images = {i: data for i, _, data in iter_eval_images(eval_set) if i in wanted}
     paths = []
-    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+    files.makedirs(f"{out.rstrip('/')}/examples")
     for k, d in enumerate(chosen):
         train_image, caption = training_sample(d["shard"], d["key"])
         if train_image is None or d["eval_image_id"] not in images:
             continue  # the shard changed since dedup ran: no example, the counts stand
         path = os.path.join("examples", f"{eval_set.name}-{k}.png")
-        write_example(os.path.join(out, path), images[d["eval_image_id"]], train_image,
+        write_example(f"{out.rstrip('/')}/{path}", images[d["eval_image_id"]], train_image,
                       f"eval {eval_set.name}: {d['eval_image_id']}", f"training {d['uid'][:12]} ({match_note(d)})",
                       caption)
         paths.append(path)
@@ -304,7 +305,8 @@ def write_plot(path: str, report: dict) -> None:
         ax.barh(list(sets), [e["overlap_pct"] for e in sets.values()])
         ax.set_xlabel("detected overlap (%)")
     ax.set_title("Eval images with a near-duplicate in training")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with files.atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -323,12 +325,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    manifest_path = os.path.join(args.dedup, "manifest.json")
-    if not os.path.exists(manifest_path):
+    manifest_path = f"{args.dedup.rstrip('/')}/manifest.json"
+    if not files.exists(manifest_path):
         raise SystemExit(f"overlap: {manifest_path} not found: run the dedup stage first (make dedup)")
-    with open(manifest_path, encoding="utf-8") as f:
+    with files.open_file(manifest_path, "r", encoding="utf-8") as f:
         dedup_manifest = json.load(f)
-    decisions = pq.read_table(os.path.join(args.dedup, "decisions.parquet")).to_pylist()
+    with files.open_file(f"{args.dedup.rstrip('/')}/decisions.parquet") as f:
+        decisions = pq.read_table(f).to_pylist()
     predictions = read_predictions(args.predictions) if args.predictions else None
     try:
         eval_sets = eval_sets_of(dedup_manifest, args.eval, args.classnames)
@@ -345,14 +348,15 @@ def run(argv: list[str] | None = None) -> dict:
     report["embed_checkpoint"] = dedup_manifest["settings"].get("embed_checkpoint")
     report["dedup"] = args.dedup
     report["predictions"] = args.predictions
-    os.makedirs(args.out, exist_ok=True)
+    files.makedirs(args.out)
     for s in eval_sets:
         report["sets"][s.name]["examples"] = write_examples(
             args.out, s, [d for d in decisions if d["eval_set"] == s.name], args.examples)
-    write_json_atomic(os.path.join(args.out, "overlap.json"), report)
-    with open(os.path.join(args.out, "overlap.md"), "w", encoding="utf-8") as f:
+    out = args.out.rstrip("/")
+    write_json_atomic(f"{out}/overlap.json", report)
+    with files.atomic_write(f"{out}/overlap.md", "w", encoding="utf-8") as f:
         f.write(render_markdown(report))
-    write_plot(os.path.join(args.out, "overlap.png"), report)
+    write_plot(f"{out}/overlap.png", report)
     n_images = sum(e["images"] for e in report["sets"].values())
     n_overlap = sum(e["overlap_images"] for e in report["sets"].values())
     write_manifest(args.out, stage=STAGE, settings={"confidence": CONFIDENCE, "alpha": ALPHA, "examples": args.examples},

@@ -8,6 +8,10 @@ overlap on `s3://` (README, "Running on a cluster").
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -22,17 +26,32 @@ pytestmark = pytest.mark.slow
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """An S3 API on 127.0.0.1 and an empty bucket; yields (endpoint URL, fsspec filesystem)."""
-    from moto.server import ThreadedMotoServer
+    """An S3 API on 127.0.0.1 and an empty bucket; yields (endpoint URL, fsspec filesystem).
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    moto's server runs as its own process (not a thread of the test), so that other processes (Beam and
+    img2dataset workers) reach it as they would a real S3-compatible store.
+    """
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mp = pytest.MonkeyPatch()
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "moto.server exited"
+                time.sleep(0.1)
         for key, value in CREDENTIALS.items():
             mp.setenv(key, value)
         mp.setenv("FSSPEC_S3_ENDPOINT_URL", endpoint)   # fsspec's s3:// (s3fs) reads its endpoint from here
@@ -43,7 +62,8 @@ def s3(tmp_path_factory):
     finally:
         fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
         mp.undo()
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def beam_s3_options(endpoint: str) -> list[str]:

@@ -410,9 +410,10 @@ def run(argv: list[str] | None = None) -> dict:
                               "embed_model": args.embed_model,
                               "embed_threshold": args.embed_threshold, "embed_image_size": encoder.image_size,
                               "embed_dim": encoder.dim, "embed_version": embed.EMBED_VERSION}
-    os.makedirs(args.out, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(decisions, schema=DECISION_SCHEMA), os.path.join(args.out, "decisions.parquet"))
-    pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), os.path.join(args.out, "dropped.parquet"))
+    files.makedirs(args.out)
+    for name, rows, schema in (("decisions", decisions, DECISION_SCHEMA), ("dropped", dropped, DROPPED_SCHEMA)):
+        with files.atomic_write(f"{args.out.rstrip('/')}/{name}.parquet") as f:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
     return write_manifest(
         args.out, stage=STAGE,
         settings={"threshold": max(args.thresholds.values(), default=None), "thresholds": args.thresholds,
