@@ -404,7 +404,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def matched_files(matched: str) -> tuple[list[str], str]:
     """(part files, path of query_counts.tsv) of a match output; ValueError if it is not one."""
-    paths = files.find(f"{matched.rstrip('/')}/part-*.parquet")
+    paths = files.find(files.join(matched, "part-*.parquet"))
     if not paths:
         raise ValueError(f"{matched}: no part-*.parquet files (run the match stage first)")
     beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))

@@ -195,13 +195,13 @@ def write_examples(out: str, eval_set: EvalSet, decisions: list[dict], n: int) -
     wanted = {d["eval_image_id"] for d in chosen}
     images = {i: data for i, _, data in iter_eval_images(eval_set) if i in wanted}
     paths = []
-    files.makedirs(f"{out.rstrip('/')}/examples")
+    files.makedirs(files.join(out, "examples"))
     for k, d in enumerate(chosen):
         train_image, caption = training_sample(d["shard"], d["key"])
         if train_image is None or d["eval_image_id"] not in images:
             continue  # the shard changed since dedup ran: no example, the counts stand
         path = os.path.join("examples", f"{eval_set.name}-{k}.png")
-        write_example(f"{out.rstrip('/')}/{path}", images[d["eval_image_id"]], train_image,
+        write_example(files.join(out, path), images[d["eval_image_id"]], train_image,
                       f"eval {eval_set.name}: {d['eval_image_id']}", f"training {d['uid'][:12]} ({match_note(d)})",
                       caption)
         paths.append(path)
@@ -325,12 +325,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    manifest_path = f"{args.dedup.rstrip('/')}/manifest.json"
+    manifest_path = files.join(args.dedup, "manifest.json")
     if not files.exists(manifest_path):
         raise SystemExit(f"overlap: {manifest_path} not found: run the dedup stage first (make dedup)")
     with files.open_file(manifest_path, "r", encoding="utf-8") as f:
         dedup_manifest = json.load(f)
-    with files.open_file(f"{args.dedup.rstrip('/')}/decisions.parquet") as f:
+    with files.open_file(files.join(args.dedup, "decisions.parquet")) as f:
         decisions = pq.read_table(f).to_pylist()
     predictions = read_predictions(args.predictions) if args.predictions else None
     try:
@@ -352,11 +352,10 @@ def run(argv: list[str] | None = None) -> dict:
     for s in eval_sets:
         report["sets"][s.name]["examples"] = write_examples(
             args.out, s, [d for d in decisions if d["eval_set"] == s.name], args.examples)
-    out = args.out.rstrip("/")
-    write_json_atomic(f"{out}/overlap.json", report)
-    with files.atomic_write(f"{out}/overlap.md", "w", encoding="utf-8") as f:
+    write_json_atomic(files.join(args.out, "overlap.json"), report)
+    with files.atomic_write(files.join(args.out, "overlap.md"), "w", encoding="utf-8") as f:
         f.write(render_markdown(report))
-    write_plot(f"{out}/overlap.png", report)
+    write_plot(files.join(args.out, "overlap.png"), report)
     n_images = sum(e["images"] for e in report["sets"].values())
     n_overlap = sum(e["overlap_images"] for e in report["sets"].values())
     write_manifest(args.out, stage=STAGE, settings={"confidence": CONFIDENCE, "alpha": ALPHA, "examples": args.examples},

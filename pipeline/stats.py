@@ -219,7 +219,7 @@ def read_shard(path: str, stats: ShardStats, budget: int | None) -> dict:
 def download_outcome(folder: str) -> dict:
     """Success rate and failure reasons summed over img2dataset's `*_stats.json` files in the folder."""
     totals, reasons, read = collections.Counter(), collections.Counter(), 0
-    for stats_path in files.find(f"{folder.rstrip('/')}/*_stats.json"):
+    for stats_path in files.find(files.join(folder, "*_stats.json")):
         try:
             with fsspec.open(stats_path, "r") as f:
                 stats = json.load(f)
@@ -244,7 +244,7 @@ def manifest_counters(folder: str) -> dict | None:
     They differ from the `_stats.json` sums after `--retry-failed`: those count attempts, a row retried twice
     counts twice there, and rows refused before download are not in them at all.
     """
-    fs, path = fsspec.core.url_to_fs(f"{folder.rstrip('/')}/manifest.json")
+    fs, path = fsspec.core.url_to_fs(files.join(folder, "manifest.json"))
     try:
         with fs.open(path, "r") as f:
             counters = json.load(f).get("counters")

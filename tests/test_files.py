@@ -130,3 +130,9 @@ def test_named_files_unchecked_for_the_trainer(local):
     assert expand(str(local), ".tar", check_named=False) == [str(local / f"0000{i}.tar") for i in range(3)]
     with pytest.raises(NoFilesError, match="no file matches"):
         expand(f"{local}/none-*.tar", ".tar", check_named=False)
+
+
+def test_join_puts_one_slash_between_parts_for_paths_and_urls():
+    assert files.join("s3://bucket/run/", "manifest.json") == "s3://bucket/run/manifest.json"
+    assert files.join("s3://bucket/run", "examples", "a.png") == "s3://bucket/run/examples/a.png"
+    assert files.join("/tmp/out", "part-*.parquet") == "/tmp/out/part-*.parquet"

@@ -19,17 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.test_cluster_beam import ARTICLES, FNAPI, output_files   # the same small corpus and pool
+from tests.test_train_loss import free_port
 from tests.wikidumps import write_dump
 
 pytestmark = pytest.mark.slow
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +47,8 @@ def s3(tmp_path_factory):
             except OSError:
                 assert server.poll() is None, "moto.server exited"
                 time.sleep(0.1)
+        else:
+            pytest.fail(f"moto.server did not listen on {endpoint} within 30 s")
         for key, value in CREDENTIALS.items():
             mp.setenv(key, value)
         mp.setenv("FSSPEC_S3_ENDPOINT_URL", endpoint)   # fsspec's s3:// (s3fs) reads its endpoint from here

@@ -103,6 +103,11 @@ def expand(spec: str | Iterable[str], suffix: str | tuple[str, ...] = "", *, che
     return sorted(files)
 
 
+def join(folder: str, *names: str) -> str:
+    """`folder/name/...` for a local folder or a URL (`s3://bucket/x`): '/' as the separator, one per join."""
+    return "/".join([folder.rstrip("/"), *names])
+
+
 def exists(path: str) -> bool:
     fs, p = fsspec.core.url_to_fs(path)
     return fs.exists(p)

@@ -79,5 +79,5 @@ def write_manifest(out_dir: str, *, stage: str, settings: dict[str, Any], inputs
         "counters": counters,
         **(extra or {}),
     }
-    write_json_atomic(f"{out_dir.rstrip('/')}/manifest.json", manifest)
+    write_json_atomic(files.join(out_dir, "manifest.json"), manifest)
     return manifest

@@ -55,7 +55,7 @@ def decision_uids(specs: Iterable[str]) -> frozenset[str]:
     DecisionsError with one line on a missing or bad spec."""
     uids: set[str] = set()
     for spec in specs:
-        folder_decisions = f"{spec.rstrip('/')}/decisions.parquet"
+        folder_decisions = files.join(spec, "decisions.parquet")
         try:
             paths = [folder_decisions] if files.exists(folder_decisions) else files.expand(spec, ".parquet")
         except files.NoFilesError:

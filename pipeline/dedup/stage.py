@@ -412,7 +412,7 @@ def run(argv: list[str] | None = None) -> dict:
                               "embed_dim": encoder.dim, "embed_version": embed.EMBED_VERSION}
     files.makedirs(args.out)
     for name, rows, schema in (("decisions", decisions, DECISION_SCHEMA), ("dropped", dropped, DROPPED_SCHEMA)):
-        with files.atomic_write(f"{args.out.rstrip('/')}/{name}.parquet") as f:
+        with files.atomic_write(files.join(args.out, f"{name}.parquet")) as f:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
     return write_manifest(
         args.out, stage=STAGE,
