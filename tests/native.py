@@ -32,8 +32,9 @@ def wall_clock(seconds: float) -> float:
 
 
 def without_sanitizer_preload(monkeypatch) -> None:
-    """Keep make sanitize's LD_PRELOAD of the ASan runtime out of programs a test starts that run none of our C
-    (Spark's JVM and its Python workers): under it procps' `ps`, which Spark's launcher script calls, deadlocks at
-    start in glibc's textdomain lock, so the session never comes up. This process keeps the runtime it loaded."""
+    """Keep make sanitize's LD_PRELOAD of the ASan runtime out of the programs a test starts that run none of our C
+    (Spark's JVM, Ray's daemons, their Python workers): under it procps' `ps`, which Spark's launcher script calls,
+    deadlocks at start in glibc's textdomain lock, and Ray's raylet misses ray.init's fixed 30 s to register on a
+    loaded machine. This process keeps the runtime it loaded."""
     if "asan" in os.environ.get("LD_PRELOAD", ""):
         monkeypatch.delenv("LD_PRELOAD")

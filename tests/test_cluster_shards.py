@@ -104,6 +104,7 @@ def spark(monkeypatch):
 @pytest.fixture
 def local_ray(monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves the machine
+    without_sanitizer_preload(monkeypatch)                  # the download workers run none of our C
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
