@@ -178,14 +178,13 @@ bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.m
 # Native code (README, "Native code"): the plain build, the sanitized build, the suite under it, the fuzzers.
 BUILD_EXT       := $(PY) -c "from setuptools import setup; setup()" -q build_ext --inplace --force
 SANITIZE_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
-# the extensions are optional (a failed build is only a warning), so the plain ones are removed first and a missing one
-# stops the run: the suite and the fuzzers never run on the plain .so thinking they are sanitized
+# the extensions are optional: a failed build is only a warning, and build_ext then copies whatever the last build left
+# in build/lib (the plain .so), so each .so must be checked for ASan: the suite and the fuzzers never run unsanitized
 NATIVE_EXT      := pipeline/queries/_wikicore pipeline/common/_matchcore
-BUILD_SANITIZED := rm -f $(addsuffix .*.so,$(NATIVE_EXT)) && \
-                   CC=clang LDSHARED="clang -shared" CFLAGS="$(SANITIZE_FLAGS) -fsanitize=fuzzer-no-link" \
+BUILD_SANITIZED := CC=clang LDSHARED="clang -shared" CFLAGS="$(SANITIZE_FLAGS) -fsanitize=fuzzer-no-link" \
                    $(BUILD_EXT) --build-temp build/sanitized && \
-                   { ls $(addsuffix .*.so,$(NATIVE_EXT)) >/dev/null 2>&1 || \
-                     { echo "native-sanitized: an extension did not build with clang and the sanitizers (above)"; exit 1; }; }
+                   for so in $(addsuffix .*.so,$(NATIVE_EXT)); do grep -q __asan_init $$so || \
+                     { echo "native-sanitized: $$so did not build with clang and the sanitizers (above)"; exit 1; }; done
 # CPython's leaks at exit are not ours; PYTHONMALLOC=malloc hands every PyMem buffer to ASan (pymalloc hides them)
 SANITIZE_ENV    := ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
                    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc WITBUILD_REQUIRE_NATIVE=1 WITBUILD_DEADLINE_FACTOR=10
