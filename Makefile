@@ -178,6 +178,13 @@ bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.m
 # Native code (README, "Native code"): the plain build, the sanitized build, the suite under it, the fuzzers.
 BUILD_EXT       := $(PY) -c "from setuptools import setup; setup()" -q build_ext --inplace --force
 SANITIZE_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+# the extensions are optional: a failed build is only a warning, and build_ext then copies whatever the last build left
+# in build/lib (the plain .so), so each .so must be checked for ASan: the suite and the fuzzers never run unsanitized
+NATIVE_EXT      := pipeline/queries/_wikicore pipeline/common/_matchcore
+BUILD_SANITIZED := CC=clang LDSHARED="clang -shared" CFLAGS="$(SANITIZE_FLAGS) -fsanitize=fuzzer-no-link" \
+                   $(BUILD_EXT) --build-temp build/sanitized && \
+                   for so in $(addsuffix .*.so,$(NATIVE_EXT)); do grep -q __asan_init $$so || \
+                     { echo "native-sanitized: $$so did not build with clang and the sanitizers (above)"; exit 1; }; done
 # CPython's leaks at exit are not ours; PYTHONMALLOC=malloc hands every PyMem buffer to ASan (pymalloc hides them)
 SANITIZE_ENV    := ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
                    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc WITBUILD_REQUIRE_NATIVE=1 WITBUILD_DEADLINE_FACTOR=10
@@ -197,15 +204,17 @@ clang:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; }
 
 native-sanitized: setup clang  ## rebuild the C extensions in place with clang, ASan, UBSan, libFuzzer coverage
-	CC=clang LDSHARED="clang -shared" CFLAGS="$(SANITIZE_FLAGS) -fsanitize=fuzzer-no-link" \
-		$(BUILD_EXT) --build-temp build/sanitized
+	$(BUILD_SANITIZED)
 
-sanitize: native-sanitized sample-data  ## the test suite under ASan + UBSan (SANITIZE_ARGS= for pytest), then `make native`
-	$(RESTORE_NATIVE); status=0; $(SANITIZE_ENV) LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so) \
+# sanitize and fuzz build the sanitized extensions inside the recipe, after the trap is set: a failed or
+# interrupted build still ends with the plain ones
+sanitize: setup clang sample-data  ## the test suite under ASan + UBSan (SANITIZE_ARGS= for pytest), then `make native`
+	$(RESTORE_NATIVE); $(BUILD_SANITIZED) || exit $$?; status=0; \
+	$(SANITIZE_ENV) LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-$$(uname -m).so) \
 		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_ARGS) || status=$$?; exit $$status
 
-fuzz: native-sanitized sample-data  ## each C entry point vs its Python twin, FUZZ_SECONDS each (fuzz/run.py), then `make native`
-	$(RESTORE_NATIVE); status=0; for target in $(FUZZ_TARGETS); do \
+fuzz: setup clang sample-data  ## each C entry point vs its Python twin, FUZZ_SECONDS each (fuzz/run.py), then `make native`
+	$(RESTORE_NATIVE); $(BUILD_SANITIZED) || exit $$?; status=0; for target in $(FUZZ_TARGETS); do \
 		$(SANITIZE_ENV) LD_PRELOAD=$(ATHERIS_ASAN) $(PY) -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || status=1; \
 	done; exit $$status
 

@@ -441,11 +441,14 @@ def markdown(r: dict) -> str:
                      f"{versus(rates[f'judge_fn_{backend}_lid_on']['best'])} | - |")
         lines.append(f"| {backend}: matches equal the naive loop | {m['same_as_naive']} on {naive['captions']} "
                      "captions | exact |")
+    on, off = e2e["match_marginal_captions_per_s"], e2e.get("match_marginal_captions_per_s_lid_off")
     for backend, v in r["lid"].items():
         per_text = v.get("texts_per_s_one_call_per_text")
+        share = (f"; {1 - on / off:.0%} of `match`'s CPU per caption end to end (marginal, LID on vs off)"
+                 if off and backend == lid.DEFAULT_LID_BACKEND else "")
         lines.append(f"| LID {backend}, a batch per call | {v['texts_per_s']:,} texts/s"
                      + (f" (one `predict` per text: {per_text:,}/s)" if per_text else "")
-                     + f"; {v['english_identified_share_cc3m']:.1%} of CC3M captions -> en | not the bottleneck |")
+                     + f"; {v['english_identified_share_cc3m']:.1%} of CC3M captions -> en{share} | - |")
     default = e2e.get("matcher", match.DEFAULT_MATCHER)
     other = e2e.get("lid_on_other", {}).get("matcher", OTHER_MATCHER)
     for label, key in ((f"{default}, LID off", "lid_off"), (f"{default} (default), LID on", "lid_on"),

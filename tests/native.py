@@ -29,3 +29,12 @@ def wall_clock(seconds: float) -> float:
     """A test's wall-clock deadline, stretched by WITBUILD_DEADLINE_FACTOR (make sanitize sets it: ASan slows
     torch/gloo many-fold, which is not a hang)."""
     return seconds * float(os.environ.get("WITBUILD_DEADLINE_FACTOR", "1"))
+
+
+def without_sanitizer_preload(monkeypatch) -> None:
+    """Keep make sanitize's LD_PRELOAD of the ASan runtime out of the programs a test starts that run none of our C
+    (Spark's JVM, Ray's daemons, their Python workers): under it procps' `ps`, which Spark's launcher script calls,
+    deadlocks at start in glibc's textdomain lock, and Ray's raylet misses ray.init's fixed 30 s to register on a
+    loaded machine. This process keeps the runtime it loaded."""
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        monkeypatch.delenv("LD_PRELOAD")

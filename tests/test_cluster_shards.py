@@ -23,6 +23,7 @@ from pipeline.shards import stage as shards
 from demo.imageserver import ImageServer, make_jpeg
 from pipeline.shards.netguard import REFUSED_ADDRESS
 from pipeline.common.records import uid_of
+from tests.native import without_sanitizer_preload
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,7 @@ def spark(monkeypatch):
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("pyspark needs a Java runtime (java on PATH or JAVA_HOME); none here")
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)   # else Spark's Python workers run `python3` from PATH
+    without_sanitizer_preload(monkeypatch)                  # the download workers run none of our C
     from pyspark.sql import SparkSession
 
     session = (SparkSession.builder.master("local[2]").appName("witbuild-test")
@@ -102,6 +104,7 @@ def spark(monkeypatch):
 @pytest.fixture
 def local_ray(monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves the machine
+    without_sanitizer_preload(monkeypatch)                  # the download workers run none of our C
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
