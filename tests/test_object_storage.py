@@ -200,6 +200,9 @@ def run_rest_of_chain(root: str) -> dict:
     common = ["--shards", f"{root}/shards", "--exclude", f"{root}/dedup", "--out", f"{root}/run", *TRAIN_ARGS]
     train.main([*common, "--stop-at", "3"])
     out["train"] = train.main([*common, "--resume"])
+    out["dedup_embed"] = dedup.run(["--shards", f"{root}/shards", "--eval", eval_set, "--out", f"{root}/dedup-embed",
+                                    "--workers", "1", "--embed-checkpoint", f"{root}/run/ckpt_latest.pt",
+                                    "--embed-device", "cpu"])   # the embedding signal: checkpoint and cache on s3://
     out["zeroshot"] = zeroshot.main(["--checkpoint", f"{root}/run/ckpt_latest.pt", "--eval-set", eval_set,
                                      "--pairs", f"{root}/kept", "--device", "cpu"])
     out["overlap"] = overlap.run(["--dedup", f"{root}/dedup", "--predictions", f"{root}/run/predictions_pets.jsonl",
@@ -232,7 +235,8 @@ def rooted(report: dict, root: str) -> dict:
 
 
 def test_rest_of_the_chain_on_s3_equals_the_local_run(s3, tmp_path):
-    """shards -> dedup -> stats -> train (stopped, resumed) -> zeroshot -> overlap -> export, all on s3://."""
+    """shards -> dedup -> stats -> train (stopped, resumed) -> dedup with the embedding signal -> zeroshot ->
+    overlap -> export, all on s3://."""
     import json
 
     import torch
@@ -264,6 +268,12 @@ def test_rest_of_the_chain_on_s3_equals_the_local_run(s3, tmp_path):
                                                                  "rejected": {"eval_duplicate": 3}}
     for name in ("decisions", "dropped"):
         assert parquet_rows(remote / "dedup" / f"{name}.parquet") == parquet_rows(local / "dedup" / f"{name}.parquet")
+    assert got["dedup_embed"]["counters"] == want["dedup_embed"]["counters"]
+    assert got["dedup_embed"]["settings"]["embed_checkpoint_sha256"] == \
+        want["dedup_embed"]["settings"]["embed_checkpoint_sha256"]
+    assert parquet_rows(remote / "dedup-embed" / "decisions.parquet") == \
+        parquet_rows(local / "dedup-embed" / "decisions.parquet")
+    assert len(list((remote / "dedup-embed" / "cache" / "embed").rglob("*.parquet"))) == 4   # 3 shards, 1 eval set
     def cached(folder: Path) -> list[str]:   # cache files are named by the file's path and version: keep the stem
         return sorted(f"{p.parent.name}/{p.name.split('-')[0]}" for p in (folder / "dedup" / "cache").rglob("*.parquet"))
 
