@@ -83,6 +83,32 @@ def test_atomic_write_on_s3_shows_the_old_object_until_the_new_one_is_whole(s3):
     assert fs.call_s3("list_multipart_uploads", Bucket="witbuild").get("Uploads", []) == []   # none left open
 
 
+def test_every_eval_set_layout_reads_from_s3_as_locally(s3, tmp_path):
+    """ImageFolder (class folders listed on the store), WebDataset shards with CLIP_benchmark's classnames.txt and
+    templates one level up, and an MNIST-style CSV.gz with a YAML side file: same images, labels, names."""
+    import gzip
+
+    from pipeline.common.evalsets import eval_set_signature, iter_eval_images, open_eval_set
+    from tests.evalfixtures import EVAL_SEEDS, jpeg_bytes, pattern_image, write_imagefolder, write_wds_eval
+    _, fs = s3
+    write_imagefolder(tmp_path / "folder", EVAL_SEEDS)
+    (tmp_path / "bench" / "test").mkdir(parents=True)
+    items = [(f"k{i}", i % 2, jpeg_bytes(pattern_image(i))) for i in range(4)]
+    write_wds_eval(tmp_path / "bench" / "test" / "0.tgz", items)
+    (tmp_path / "bench" / "classnames.txt").write_text("cat\ndog\n")
+    (tmp_path / "bench" / "zeroshot_classification_templates.txt").write_text("a photo of a {}.\n")
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as f:
+        f.write(",".join(["9"] * 784 + ["1"]) + "\n")
+    (tmp_path / "digits.classnames.yaml").write_text("classnames: [zero, one]\n")
+    fs.put(f"{tmp_path}/", "witbuild/evalsets", recursive=True)
+    for path in ("folder", "bench/test", "digits.csv.gz"):
+        local, remote = open_eval_set("x", str(tmp_path / path)), open_eval_set("x", f"s3://witbuild/evalsets/{path}")
+        assert (remote.layout, remote.classnames, remote.templates) == (local.layout, local.classnames, local.templates)
+        assert list(iter_eval_images(remote)) == list(iter_eval_images(local)), path
+        assert len(eval_set_signature(remote)) == 16
+    assert open_eval_set("x", "s3://witbuild/evalsets/bench/test").templates == ("a photo of a {}.",)
+
+
 def beam_s3_options(endpoint: str) -> list[str]:
     return [f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=test", "--s3_secret_access_key=test",
             "--s3_region_name=us-east-1"]
@@ -275,7 +301,8 @@ def test_rest_of_the_chain_on_s3_equals_the_local_run(s3, tmp_path):
         parquet_rows(local / "dedup-embed" / "decisions.parquet")
     assert len(list((remote / "dedup-embed" / "cache" / "embed").rglob("*.parquet"))) == 4   # 3 shards, 1 eval set
     def cached(folder: Path) -> list[str]:   # cache files are named by the file's path and version: keep the stem
-        return sorted(f"{p.parent.name}/{p.name.split('-')[0]}" for p in (folder / "dedup" / "cache").rglob("*.parquet"))
+        found = (folder / "dedup" / "cache").rglob("*.parquet")
+        return sorted(f"{p.parent.name}/{p.name.split('-')[0]}" for p in found)
 
     assert cached(remote) == cached(local) == ["eval/pets", "shards/00000", "shards/00001", "shards/00002"]
     kept = sorted(p.name for p in (local / "kept").iterdir())
@@ -308,7 +335,8 @@ def test_rest_of_the_chain_on_s3_equals_the_local_run(s3, tmp_path):
     assert sorted(p.name for p in (remote / "run").iterdir()) == sorted(p.name for p in (local / "run").iterdir())
 
     # zeroshot: the same predictions and numbers; overlap: the same report numbers
-    assert (remote / "run" / "predictions_pets.jsonl").read_bytes() == (local / "run" / "predictions_pets.jsonl").read_bytes()
+    predictions = "run/predictions_pets.jsonl"
+    assert (remote / predictions).read_bytes() == (local / predictions).read_bytes()
     assert rooted(got["zeroshot"], S3_ROOT) == rooted(want["zeroshot"], str(local))
     assert got["zeroshot"]["predictions"] == f"{S3_ROOT}/run/predictions_pets.jsonl"
     assert json.loads((remote / "run" / "zeroshot_pets.json").read_text())["classification"] == \
@@ -316,7 +344,8 @@ def test_rest_of_the_chain_on_s3_equals_the_local_run(s3, tmp_path):
 
     assert rooted(got["overlap"], S3_ROOT) == rooted(want["overlap"], str(local))
     assert got["overlap"]["sets"]["pets"]["overlap_images"] == 3
-    assert sorted(p.name for p in (remote / "overlap").rglob("*")) == sorted(p.name for p in (local / "overlap").rglob("*"))
+    assert sorted(p.name for p in (remote / "overlap").rglob("*")) == \
+        sorted(p.name for p in (local / "overlap").rglob("*"))
 
     # export: the same weights
     ea = torch.load(local / "exported" / "tiny.pt", weights_only=True)

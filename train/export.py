@@ -51,8 +51,9 @@ def export(run_or_ckpt: str, out: str, name: str | None = None, model: str | Non
 def usage_lines(weights_path: str, config_path: str) -> str:
     """What a user types in Python to get the exported model from open_clip (it reads local files: copy the
     two files down first if they are on an object store)."""
+    model_name = files.name(config_path)[:-len(".json")]
     return (f"import open_clip; open_clip.add_model_config({config_path!r})\n"
-            f"model, _, preprocess = open_clip.create_model_and_transforms({files.name(config_path)[:-len('.json')]!r}, "
+            f"model, _, preprocess = open_clip.create_model_and_transforms({model_name!r}, "
             f"pretrained={weights_path!r})")
 
 
