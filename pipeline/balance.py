@@ -191,7 +191,7 @@ def plot_entry_counts(before: list[int], after: list[int], t: int, path: str) ->
            title="Pairs per query entry")
     ax.legend()
     fig.tight_layout()
-    with fsspec.open(path, "wb") as f:
+    with files.atomic_write(path) as f:
         fig.savefig(f, format="png")
     plt.close(fig)
 

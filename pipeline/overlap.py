@@ -31,7 +31,6 @@ import statistics
 import textwrap
 import time
 
-import fsspec
 import pyarrow.parquet as pq
 from scipy import stats as scipy_stats
 
@@ -120,7 +119,7 @@ def overlap_summary(per_set: dict[str, dict]) -> dict:
 def read_predictions(path: str) -> dict[str, dict[str, bool]]:
     """{eval_set: {image_id: correct}} from the JSONL interface above; SystemExit on a malformed line."""
     preds: dict[str, dict[str, bool]] = collections.defaultdict(dict)
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
+    with files.open_file(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

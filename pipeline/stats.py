@@ -37,7 +37,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import fsspec
 from tqdm import tqdm
 
 from pipeline.common import files, rawtar
@@ -193,13 +192,12 @@ def iter_tar_samples(fileobj) -> Iterator[dict[str, bytes]]:
 def read_shard(path: str, stats: ShardStats, budget: int | None) -> dict:
     """Add one shard's samples to stats (at most budget); return its entry: status, samples, bytes, error."""
     entry = {"path": path, "status": OK, "samples": 0, "bytes": 0, "error": None}
-    fs, fs_path = fsspec.core.url_to_fs(path)
     try:
-        entry["bytes"] = fs.size(fs_path)
+        entry["bytes"] = files.size(path)
         if not entry["bytes"]:
             entry["status"] = EMPTY
             return entry
-        with fs.open(fs_path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             for sample in iter_tar_samples(f):
                 if stats.exclude and uid_of_sample(sample["__key__"], sample) in stats.exclude:
                     stats.excluded += 1
@@ -221,7 +219,7 @@ def download_outcome(folder: str) -> dict:
     totals, reasons, read = collections.Counter(), collections.Counter(), 0
     for stats_path in files.find(files.join(folder, "*_stats.json")):
         try:
-            with fsspec.open(stats_path, "r") as f:
+            with files.open_file(stats_path, "r") as f:
                 stats = json.load(f)
             counts = {k: int(stats[k]) for k in ("count", "successes", "failed_to_download", "failed_to_resize")}
             messages = stats.get("status_dict") or {}  # {error message or "success": count}
@@ -244,9 +242,8 @@ def manifest_counters(folder: str) -> dict | None:
     They differ from the `_stats.json` sums after `--retry-failed`: those count attempts, a row retried twice
     counts twice there, and rows refused before download are not in them at all.
     """
-    fs, path = fsspec.core.url_to_fs(files.join(folder, "manifest.json"))
     try:
-        with fs.open(path, "r") as f:
+        with files.open_file(files.join(folder, "manifest.json"), "r") as f:
             counters = json.load(f).get("counters")
     except (OSError, ValueError, AttributeError):
         return None
@@ -350,7 +347,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    with fsspec.open(path, "wb") as f:
+    with files.atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=80)
     pyplot().close(fig)
 
@@ -395,27 +392,25 @@ def plot_contact_sheet(path: str, reservoir: list[tuple[bytes, str]], columns: i
             draw.text((x + 8, y + tile // 2), "(undecodable)", fill="red")
         lines = textwrap.wrap(caption, chars_per_line)[:3] or [""]
         draw.multiline_text((x + 4, y + tile), "\n".join(lines), fill="black", spacing=1)
-    with fsspec.open(path, "wb") as f:
+    with files.atomic_write(path) as f:
         sheet.save(f, format="PNG")
 
 
 def write_outputs(out: str, report: dict, stats: ShardStats, folder: str) -> None:
-    fs, root = fsspec.core.url_to_fs(out)
-    fs.makedirs(root, exist_ok=True)
-    write_json_atomic(f"{out}/stats.json", report)
-    with fsspec.open(f"{out}/stats.md", "w") as f:
+    files.makedirs(out)
+    write_json_atomic(files.join(out, "stats.json"), report)
+    with files.atomic_write(files.join(out, "stats.md"), "w", encoding="utf-8") as f:
         f.write(markdown(report, folder))
-    plot_histograms(f"{out}/captions.png", [("caption words", stats.words), ("caption chars", stats.chars)])
-    plot_histograms(f"{out}/images.png", [("width", stats.width), ("height", stats.height),
-                                          ("log2(width/height)", stats.log2_aspect)])
-    plot_queries(f"{out}/queries.png", stats.per_query)
-    plot_contact_sheet(f"{out}/contact_sheet.png", stats.reservoir)
+    plot_histograms(files.join(out, "captions.png"), [("caption words", stats.words), ("caption chars", stats.chars)])
+    plot_histograms(files.join(out, "images.png"), [("width", stats.width), ("height", stats.height),
+                                                    ("log2(width/height)", stats.log2_aspect)])
+    plot_queries(files.join(out, "queries.png"), stats.per_query)
+    plot_contact_sheet(files.join(out, "contact_sheet.png"), stats.reservoir)
 
 
 def shard_folder(spec: str, paths: list[str]) -> str:
     """The folder holding the shards (for `_stats.json`): the spec if it is one, else the first shard's."""
-    fs, path = fsspec.core.url_to_fs(spec)
-    return spec if fs.isdir(path) else paths[0].rsplit("/", 1)[0] if "/" in paths[0] else "."
+    return spec if files.isdir(spec) else files.parent(paths[0])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -136,3 +136,25 @@ def test_join_puts_one_slash_between_parts_for_paths_and_urls():
     assert files.join("s3://bucket/run/", "manifest.json") == "s3://bucket/run/manifest.json"
     assert files.join("s3://bucket/run", "examples", "a.png") == "s3://bucket/run/examples/a.png"
     assert files.join("/tmp/out", "part-*.parquet") == "/tmp/out/part-*.parquet"
+
+
+def test_parent_name_and_folder_name_of_paths_and_urls(tmp_path, monkeypatch):
+    assert files.parent("s3://bucket/run/ckpt.pt") == "s3://bucket/run"
+    assert files.parent("s3://bucket/run/") == "s3://bucket" and files.parent("s3://bucket") == "s3://bucket"
+    assert files.parent("run/ckpt.pt") == "run" and files.parent("ckpt.pt") == "." and files.parent("/a") == "/"
+    assert files.name("s3://bucket/run/ckpt.pt") == "ckpt.pt" and files.name("runs/x/") == "x"
+    assert files.folder_name("s3://bucket/run/ckpt.pt") == "run"
+    monkeypatch.chdir(tmp_path)
+    assert files.folder_name("ckpt.pt") == tmp_path.name   # a bare file name: the current folder's
+
+
+def test_entries_isdir_isfile_and_version(local, memory):
+    for root in (str(local), memory):
+        assert files.entries(root) == (["other", "sub"], ["00000.tar", "00000_stats.json", "00001.tar", "00002.tar"])
+        assert files.isdir(f"{root}/sub") and not files.isdir(f"{root}/00000.tar")
+        assert files.isfile(f"{root}/00000.tar") and not files.isfile(f"{root}/sub")
+        before = files.version(f"{root}/00000.tar")
+        assert before.startswith("9\x1f")   # the size leads: b"00000.tar" is 9 bytes
+        with atomic_write(f"{root}/00000.tar") as f:
+            f.write(b"other bytes")
+        assert files.version(f"{root}/00000.tar") != before

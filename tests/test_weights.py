@@ -260,7 +260,8 @@ def test_acc5_is_nan_below_five_classes_as_in_clip_benchmark():
 def test_export_then_reimport_gives_identical_features(tmp_path, capsys):
     model = tiny_model(seed=4)
     our_checkpoint(tmp_path / "runs" / "tiny" / "ckpt_latest.pt", model)
-    weights_path, config_path = export.main([str(tmp_path / "runs" / "tiny"), "--out", str(tmp_path / "exported")])
+    weights_path, config_path = map(Path, export.main([str(tmp_path / "runs" / "tiny"), "--out",
+                                                       str(tmp_path / "exported")]))
     assert (weights_path.name, config_path.name) == ("witbuild-tiny.pt", "witbuild-tiny.json")
     assert json.loads(config_path.read_text()) == TINY_OPEN_CLIP
     state = torch.load(weights_path, weights_only=True)           # weights only: no optimizer, RNG or config

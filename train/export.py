@@ -16,45 +16,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 import torch
+
+from pipeline.common import files
 
 from train.train import CKPT
 from train.weights import WeightsError, load_weights, to_open_clip_config
 
 
-def checkpoint_of(run_or_ckpt: str) -> Path:
+def checkpoint_of(run_or_ckpt: str) -> str:
     """A run directory means its latest checkpoint; anything else is the file itself."""
-    path = Path(run_or_ckpt)
-    return path / CKPT if path.is_dir() else path
+    path = str(run_or_ckpt)
+    return files.join(path, CKPT) if files.isdir(path) else path
 
 
-def export(run_or_ckpt: str, out: str | Path, name: str | None = None, model: str | None = None) -> tuple[Path, Path]:
-    """Write OUT/NAME.pt and OUT/NAME.json; returns their paths. WeightsError if the weights cannot be read."""
+def export(run_or_ckpt: str, out: str, name: str | None = None, model: str | None = None) -> tuple[str, str]:
+    """Write OUT/NAME.pt and OUT/NAME.json (local or fsspec URLs, each written whole or not at all); returns their
+    paths. WeightsError if the weights cannot be read."""
     source = checkpoint_of(run_or_ckpt)
     weights = load_weights(source, model)
-    name = name or f"witbuild-{source.resolve().parent.name}"
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights_path, config_path = out / f"{name}.pt", out / f"{name}.json"
+    name = name or f"witbuild-{files.folder_name(source)}"
+    out = str(out)
+    files.makedirs(out)
+    weights_path, config_path = files.join(out, f"{name}.pt"), files.join(out, f"{name}.json")
     state_dict = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict.items()}
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    torch.save(state_dict, tmp)
-    os.replace(tmp, weights_path)
-    config_path.write_text(json.dumps(to_open_clip_config(weights.model), indent=2) + "\n")
+    with files.atomic_write(weights_path) as f:
+        torch.save(state_dict, f)
+    with files.atomic_write(config_path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(to_open_clip_config(weights.model), indent=2) + "\n")
     return weights_path, config_path
 
 
-def usage_lines(weights_path: Path, config_path: Path) -> str:
-    """What a user types in Python to get the exported model from open_clip."""
-    return (f"import open_clip; open_clip.add_model_config({str(config_path)!r})\n"
-            f"model, _, preprocess = open_clip.create_model_and_transforms({config_path.stem!r}, "
-            f"pretrained={str(weights_path)!r})")
+def usage_lines(weights_path: str, config_path: str) -> str:
+    """What a user types in Python to get the exported model from open_clip (it reads local files: copy the
+    two files down first if they are on an object store)."""
+    model_name = files.name(config_path)[:-len(".json")]
+    return (f"import open_clip; open_clip.add_model_config({config_path!r})\n"
+            f"model, _, preprocess = open_clip.create_model_and_transforms({model_name!r}, "
+            f"pretrained={weights_path!r})")
 
 
-def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+def main(argv: list[str] | None = None) -> tuple[str, str]:
     parser = argparse.ArgumentParser(description="Export weights + an open_clip model config for open_clip.")
     parser.add_argument("run_or_ckpt", metavar="RUN_OR_CKPT", help="a run directory or a weights file")
     parser.add_argument("--out", required=True, help="directory for NAME.pt and NAME.json")

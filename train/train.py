@@ -11,9 +11,11 @@ decay (`lr_at`); global grad-norm clipping; bf16 autocast and fused AdamW on GPU
 Multi-GPU / multi-node with `torchrun` (DDP; NCCL on GPU, gloo on CPU): the loss sees the features of
 every rank (train/loss.py), shards are split by node and by worker (train/data.py).
 
-Checkpoints are written atomically (temp file, then rename) and hold only tensors and plain types, so
-they load with `torch.load(weights_only=True)`. `--resume` continues from `ckpt_latest.pt` at the same
-step, replaying the current epoch's loader up to the saved batch (the loader is deterministic), so a
+Checkpoints are written whole or not at all (`files.atomic_write`: temp file and rename locally, one committed
+upload on object stores) and hold only tensors and plain types, so they load with `torch.load(weights_only=True)`.
+`--out` may be local or an fsspec URL (`s3://...`; tested): object stores cannot append, so rank 0 keeps the run's
+metrics.jsonl lines and rewrites the file whole at each log interval. `--resume` continues from `ckpt_latest.pt` at
+the same step, replaying the current epoch's loader up to the saved batch (the loader is deterministic), so a
 resumed run takes the same steps on the same batches as an uninterrupted one (tested). The replay costs
 the decode time of the batches skipped, at most one epoch: in resampled mode keep epochs to hours.
 `--init WEIGHTS` fine-tunes: a new run (step 0, fresh optimizer) starts from pretrained weights in any format
@@ -47,6 +49,7 @@ from tqdm import tqdm
 from pipeline.common.records import DecisionsError, decision_uids
 from train import config as config_lib
 from train.config import DataCfg, OptimCfg, TrainConfig
+from pipeline.common import files
 from pipeline.common.files import expand
 from pipeline.common.logs import setup_logging
 from train.data import make_loader, to_model_input
@@ -56,6 +59,7 @@ from train.weights import WeightsError, load_weights
 
 log = logging.getLogger("train")
 CKPT = "ckpt_latest.pt"
+METRICS = "metrics.jsonl"
 
 
 # ---- pure pieces -------------------------------------------------------------------------------------------
@@ -165,18 +169,34 @@ def all_ranks_agree(has_batch: bool) -> bool:
     return bool(flag.item())
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+def save_checkpoint(path: str, state: dict) -> None:
+    """Written whole or not at all (files.atomic_write: locally a temp file, fsync and rename; on an object store
+    one upload committed at the end): a crash never leaves half a checkpoint."""
+    with files.atomic_write(str(path)) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with files.open_file(str(path)) as f:
+        return torch.load(f, map_location=map_location, weights_only=True)
+
+
+def write_metrics(path: str, lines: list[str]) -> None:
+    """metrics.jsonl, rewritten whole from the run's lines at each log interval: object stores cannot append, and a
+    reader (or a resumed run) always sees whole lines. One line per interval (~200 bytes): vit_b32.json's 100,000 steps
+    logged every 100 end at ~0.2 MB, one small upload per interval of 100 steps. Per-interval part files would keep
+    each write tiny but make every reader list and join them; rewriting at checkpoints only would leave the file
+    up to `ckpt_every` steps behind the log."""
+    with files.atomic_write(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def metrics_until(path: str, step: int) -> list[str]:
+    """The lines of an earlier metrics.jsonl up to `step` (a resumed run logs the later ones again)."""
+    if step == 0 or not files.exists(path):
+        return []
+    with files.open_file(path, "r", encoding="utf-8") as f:
+        return [line for line in f.read().splitlines() if line and json.loads(line)["step"] <= step]
 
 
 def rng_state() -> dict:
@@ -218,7 +238,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
     parser = argparse.ArgumentParser(description="CLIP contrastive pre-training from WebDataset shards.")
     parser.add_argument("--shards", required=True, help="brace pattern / list ('::') of local, fsspec or pipe: URLs")
     parser.add_argument("--config", required=True, help="train/configs/*.json")
-    parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    parser.add_argument("--out", required=True,
+                        help="run directory, local or an fsspec URL (checkpoints, metrics.jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_latest.pt if it exists")
     parser.add_argument("--init", metavar="WEIGHTS",
                         help="start (step 0) from these weights: ours, open_clip's or OpenAI's (fine-tuning); they "
@@ -247,17 +268,19 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_args(argv)
     rank, world_size, device = setup_distributed(args.device)
     setup_logging(logging.INFO if rank == 0 else logging.WARNING)
-    out, urls = Path(args.out), expand(args.shards, ".tar", check_named=False)
+    out, urls = args.out, expand(args.shards, ".tar", check_named=False)
     try:
         exclude = decision_uids(args.exclude)
     except DecisionsError as e:
         raise SystemExit(f"train: {e}") from None
-    out.mkdir(parents=True, exist_ok=True)
+    files.makedirs(out)
     precision = configure_device(device, cfg)
     model, raw_model, optimizer, scaler, step, position = build(cfg, out if args.resume else None, rank, world_size,
                                                                 device, precision, args.init)
+    metrics = metrics_until(files.join(out, METRICS), step) if rank == 0 else []
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
+        with files.atomic_write(files.join(out, "config.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
         log.info("%d shards, %.1fM parameters, %s on %s x %d, batch %d x %d", len(urls),
                  sum(p.numel() for p in raw_model.parameters()) / 1e6, precision, device.type, world_size,
                  cfg.data.batch_size, world_size)
@@ -283,10 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
             record = meter.flush(step, epoch, lr, raw_model.scale().item())   # a sync point (.item)
             if rank == 0:
                 log.info(format_record(record))
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                metrics.append(json.dumps(record))
+                write_metrics(files.join(out, METRICS), metrics)
         if rank == 0 and (step % cfg.run.ckpt_every == 0 or step == last):
-            save_checkpoint(out / CKPT, {
+            save_checkpoint(files.join(out, CKPT), {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batches_done": done, "rng": rng_state(),
                 "config": config_lib.to_dict(cfg), "world_size": world_size})
@@ -308,11 +331,12 @@ def configure_device(device: torch.device, cfg: TrainConfig) -> str:
     return resolve_precision(cfg.run.precision, device)
 
 
-def build(cfg: TrainConfig, resume_from: Path | None, rank: int, world_size: int, device: torch.device, precision: str,
+def build(cfg: TrainConfig, resume_from: str | None, rank: int, world_size: int, device: torch.device, precision: str,
           init: str | None = None):
     """Model (DDP-wrapped and compiled as asked), optimizer, scaler, and the step and data position to start at."""
     raw_model = CLIP(cfg.model)
-    if init and not (resume_from is not None and (resume_from / CKPT).exists()):
+    checkpoint = files.join(resume_from, CKPT) if resume_from is not None else None
+    if init and not (checkpoint is not None and files.exists(checkpoint)):
         try:
             raw_model.load_state_dict(load_weights(init, cfg.model).state_dict)   # checked to fit: strict, whole
         except WeightsError as e:
@@ -323,11 +347,9 @@ def build(cfg: TrainConfig, resume_from: Path | None, rank: int, world_size: int
     optimizer = make_optimizer(raw_model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step, position = 0, (0, 0)
-    if resume_from is not None and (resume_from / CKPT).exists():
-        step, position = restore(resume_from / CKPT, cfg, raw_model, optimizer, scaler)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from / CKPT, step, *position)
-        if rank == 0:
-            drop_metrics_after(resume_from / "metrics.jsonl", step)
+    if checkpoint is not None and files.exists(checkpoint):
+        step, position = restore(checkpoint, cfg, raw_model, optimizer, scaler)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, step, *position)
     elif resume_from is not None:
         log.info("no %s in %s: starting at step 0", CKPT, resume_from)
     model = raw_model
@@ -338,14 +360,7 @@ def build(cfg: TrainConfig, resume_from: Path | None, rank: int, world_size: int
     return model, raw_model, optimizer, scaler, step, position
 
 
-def drop_metrics_after(path: Path, step: int) -> None:
-    """Lines logged after the checkpoint we resume from would be logged again: keep one copy."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
-def restore(path: Path, cfg: TrainConfig, model: CLIP, optimizer, scaler) -> tuple[int, tuple[int, int]]:
+def restore(path: str, cfg: TrainConfig, model: CLIP, optimizer, scaler) -> tuple[int, tuple[int, int]]:
     ckpt = load_checkpoint(path)
     if ckpt["config"]["model"] != config_lib.to_dict(cfg)["model"]:
         raise ValueError(f"{path} was trained with another model config; resume with the same --config")

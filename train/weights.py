@@ -154,23 +154,31 @@ def expected_shapes(cfg: ModelCfg) -> dict[str, tuple[int, ...]]:
 
 # ---- files -------------------------------------------------------------------------------------------------
 
-def is_torchscript(path: str) -> bool:
+def is_torchscript(f) -> bool:
     """A TorchScript archive is a zip with a `constants.pkl` record (torch's own `_is_torchscript_zip` test)."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(f):
         return False
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(f) as archive:
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
 
 
 def read_file(path: str) -> object:
-    """The file's contents: TorchScript archives through `torch.jit.load`, everything else weights-only."""
-    if is_torchscript(path):
+    """The file's contents (local or an fsspec URL)."""
+    with files.open_file(path) as f:
+        return read_contents(f)
+
+
+def read_contents(f) -> object:
+    """An open file's contents: TorchScript archives through `torch.jit.load`, everything else weights-only."""
+    torchscript = is_torchscript(f)
+    f.seek(0)
+    if torchscript:
         # Why this is safe: an archive's pickles (data.pkl, constants.pkl) are read by torch's C++ unpickler,
         # which builds only tensors and TorchScript types, never Python objects or callables, and its code is
         # TorchScript that is compiled, not run, on load. We take the parameters (state_dict()) and never call
         # a method, so none of the archive's code runs. What is trusted is torch's C++ deserializer.
-        return torch.jit.load(path, map_location="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.jit.load(f, map_location="cpu")
+    return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def unwrap(contents: object, path: str) -> tuple[dict, dict | None, str, int | None]:
@@ -225,7 +233,7 @@ def load_weights(path: str | Path, model: str | ModelCfg | None = None) -> Weigh
     WeightsError (one line) for a missing or unreadable file, a missing or conflicting architecture, OpenAI
     weights without QuickGELU, or keys/shapes that do not fit."""
     path = str(path)
-    if not Path(path).is_file():
+    if not files.isfile(path):
         raise WeightsError(f"{path}: no such file")
     if path.endswith(".safetensors"):   # open_clip's hub weights also come so; the safetensors package is not ours
         raise WeightsError(f"{path}: .safetensors is not read here; take the .bin/.pt file, or save "

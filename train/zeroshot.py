@@ -37,6 +37,7 @@ import torch
 from pipeline.common.evalsets import (EvalSet, classname_candidates, iter_eval_images, layout_of, load_classnames,
                                       open_eval_set, parse_eval_spec, shipped_list)
 from pipeline.common.images import DECODE_ERRORS, eval_image
+from pipeline.common import files
 from pipeline.common.files import expand
 from pipeline.common.logs import setup_logging
 from train.data import SkipCounter, sample_image_and_caption, tar_to_samples, to_model_input
@@ -58,8 +59,8 @@ TEMPLATES = {
 
 def read_eval_set(spec: str, classnames: str | None) -> tuple[EvalSet, list[str], np.ndarray, list[bytes]]:
     """`[NAME=]PATH` -> (the set, image ids, labels, encoded images), through pipeline/common/evalsets.py."""
-    name, path = parse_eval_spec(spec) if "=" in spec else (Path(spec.rstrip("/")).name.split(".")[0], spec)
-    if classnames is None and layout_of(path) == "csv" and not any(Path(c).is_file() for c in classname_candidates(path)):
+    name, path = parse_eval_spec(spec) if "=" in spec else (files.name(spec).split(".")[0], spec)
+    if classnames is None and layout_of(path) == "csv" and not any(files.isfile(c) for c in classname_candidates(path)):
         classnames = ",".join(str(d) for d in range(10))   # the CSV layout is MNIST's: digits 0-9
     eval_set = open_eval_set(name, path, classnames)
     ids, labels, images = zip(*iter_eval_images(eval_set))
@@ -98,8 +99,10 @@ def template_set(value: str) -> tuple[str, list[str]]:
         return value, TEMPLATES[value]
     if shipped_list(value):
         return value, load_classnames(shipped_list(value))[1]
-    if Path(value).is_file():
-        return Path(value).stem, [line.strip() for line in Path(value).read_text().splitlines() if line.strip()]
+    if files.isfile(value):
+        with files.open_file(value, "r", encoding="utf-8") as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        return files.name(value).rsplit(".", 1)[0], lines
     if "{}" not in value:
         raise ValueError(f"template {value!r} is not a set name ({', '.join(TEMPLATES)}), a file, or a text with {{}}")
     return value, [value]
@@ -205,13 +208,18 @@ def clip_benchmark_retrieval(metrics: dict, ks=(1, 5, 10)) -> dict:
     return out
 
 
-def write_clip_benchmark(folder: Path, result: dict) -> Path:
+def write_clip_benchmark(folder: str, result: dict) -> str:
     """Write under CLIP_benchmark's default file name, {dataset}_{pretrained}_{model}_{language}_{task}.json."""
-    folder.mkdir(parents=True, exist_ok=True)
+    files.makedirs(folder)
     name = "_".join(str(result[k]).replace("/", "_") for k in ("dataset", "pretrained", "model", "language", "task"))
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(result) + "\n")
+    path = files.join(folder, f"{name}.json")
+    write_text(path, json.dumps(result) + "\n")
     return path
+
+
+def write_text(path: str, text: str) -> None:
+    with files.atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -245,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = weights.model
     tokenizer = ClipTokenizer(args.merges, cfg.text.context_length)
     template_sets = dict(template_set(t) for t in (args.templates or ["photo", "ensemble"]))
-    model_name = Path(args.model).stem if args.model else f"witbuild-{Path(args.checkpoint).resolve().parent.name}"
-    pretrained = Path(args.checkpoint).name
+    model_name = Path(args.model).stem if args.model else f"witbuild-{files.folder_name(args.checkpoint)}"
+    pretrained = files.name(args.checkpoint)
     results = {"checkpoint": str(args.checkpoint), "format": weights.format, "model": model_name,
                "step": weights.step}
     benchmark = []
@@ -259,9 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
         for templates, m in results["classification"].items():
             log.info("%s | %s | top-1 %.3f | top-5 %.3f | mean per-class recall %.3f | chance %.3f | n %d",
                      name, templates, m["top1"], m["top5"], m["mean_per_class_recall"], results["chance"], m["n"])
-        predictions = Path(args.checkpoint).parent / f"predictions_{name}.jsonl"
-        predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        results["predictions"] = str(predictions)
+        predictions = files.join(files.parent(args.checkpoint), f"predictions_{name}.jsonl")
+        write_text(predictions, "".join(json.dumps(r) + "\n" for r in rows))
+        results["predictions"] = predictions
         used = results["predictions_templates"]
         benchmark.append(clip_benchmark_result(
             name, model_name, pretrained, "zeroshot_classification",
@@ -273,17 +281,20 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("retrieval | %s", " | ".join(f"{k} {v:.3f}" for k, v in results["retrieval"].items() if k != "n"))
         benchmark.append(clip_benchmark_result(pairs_name(args.pairs), model_name, pretrained, "zeroshot_retrieval",
                                                clip_benchmark_retrieval(results["retrieval"])))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"zeroshot_{name}.json"
-    results["clip_benchmark"] = [str(write_clip_benchmark(out.parent / "clip_benchmark", r)) for r in benchmark]
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    out = args.out or files.join(files.parent(args.checkpoint), f"zeroshot_{name}.json")
+    results["clip_benchmark"] = [write_clip_benchmark(files.join(files.parent(out), "clip_benchmark"), r)
+                                 for r in benchmark]
+    write_text(out, json.dumps(results, indent=1) + "\n")
     log.info("wrote %s and %s", out, ", ".join(results["clip_benchmark"]))
     return results
 
 
 def pairs_name(spec: str) -> str:
-    """A retrieval set's name for reports: the folder of its shards (`shards/held/{0..3}.tar` -> held)."""
+    """A retrieval set's name for reports: the folder of its shards (`shards/held/{0..3}.tar` or `shards/held` ->
+    held)."""
     head = spec.split("{")[0]
-    return (Path(head).name if head.endswith("/") else Path(head).parent.name) or "pairs"
+    folder = head if head.endswith("/") or (head == spec and not spec.endswith(".tar")) else files.parent(head)
+    return files.name(folder) or "pairs"
 
 
 if __name__ == "__main__":

@@ -26,17 +26,14 @@ CSV/WebDataset set without class names raises `EvalSetError` with one line sayin
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import yaml
 from PIL import Image
@@ -84,24 +81,25 @@ def layout_of(path: str) -> str:
         return "csv"
     if path.endswith(TAR_SUFFIXES) or "{" in path:
         return "webdataset"
-    if os.path.isdir(path):
-        return "webdataset" if any(p.endswith(TAR_SUFFIXES) for p in os.listdir(path)) else "imagefolder"
+    if files.isdir(path):
+        return "webdataset" if any(p.endswith(TAR_SUFFIXES) for p in files.entries(path)[1]) else "imagefolder"
     raise EvalSetError(f"{path}: no such eval set (expected a class-folder directory, .tar/.tgz shards or a .csv(.gz))")
 
 
 def classname_candidates(path: str) -> list[str]:
     """Side files that may hold a set's class names, most specific first."""
-    p = Path(path.split("{")[0]) if "{" in path else Path(path)
-    if p.is_dir():
+    p = (path.split("{")[0] if "{" in path else path).rstrip("/") or "."
+    if files.isdir(p):
         # CLIP_benchmark's WebDataset sets keep classnames.txt one level above their split folders (test/*.tar)
-        return [str(p / f"classnames{s}") for s in CLASSNAME_SUFFIXES] + [str(p.parent / "classnames.txt")]
-    stem = p.name
+        return [files.join(p, f"classnames{s}") for s in CLASSNAME_SUFFIXES] + \
+               [files.join(files.parent(p), "classnames.txt")]
+    stem, folder = files.name(p), files.parent(p)
     for suffix in TAR_SUFFIXES + CSV_SUFFIXES:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    return [str(p.parent / f"{stem}.classnames{s}") for s in CLASSNAME_SUFFIXES] + \
-           [str(p.parent / f"classnames{s}") for s in CLASSNAME_SUFFIXES]
+    return [files.join(folder, f"{stem}.classnames{s}") for s in CLASSNAME_SUFFIXES] + \
+           [files.join(folder, f"classnames{s}") for s in CLASSNAME_SUFFIXES]
 
 
 def shipped_list(name: str) -> str | None:
@@ -112,15 +110,15 @@ def shipped_list(name: str) -> str | None:
 
 def load_classnames(path: str) -> tuple[list[str], list[str]]:
     """(class names, templates) from a JSON/YAML/TXT file; EvalSetError if missing or malformed."""
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise EvalSetError(f"class-name file {path} not found")
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if path.endswith(".txt"):
         # CLIP_benchmark's layout: the templates, one per line, in a file beside classnames.txt
-        templates = Path(path).with_name(CLIP_BENCHMARK_TEMPLATES)
+        templates = files.join(files.parent(path), CLIP_BENCHMARK_TEMPLATES)
         return [line.strip() for line in text.splitlines() if line.strip()], \
-            [line.strip() for line in templates.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if templates.is_file() else []
+            [line.strip() for line in read_text(templates).splitlines() if line.strip()] \
+            if files.isfile(templates) else []
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -138,11 +136,11 @@ def resolve_classnames(path: str, layout: str, given: str | None) -> tuple[list[
     """Class names from the flag (file or comma list), else a side file, else ImageFolder folder names."""
     if given:
         given = shipped_list(given) or given
-        if os.path.isfile(given) or "," not in given:
+        if files.isfile(given) or "," not in given:
             return load_classnames(given)
         return [n.strip() for n in given.split(",")], []
     for candidate in classname_candidates(path):
-        if os.path.isfile(candidate):
+        if files.isfile(candidate):
             return load_classnames(candidate)
     if layout == "imagefolder":
         return [c.replace("_", " ") for c in imagefolder_classes(path)], []
@@ -157,15 +155,21 @@ def open_eval_set(name: str, path: str, classnames: str | None = None) -> EvalSe
     return EvalSet(name=name, path=path, layout=layout, classnames=tuple(names), templates=tuple(templates))
 
 
+def read_text(path: str) -> str:
+    with files.open_file(path, "r", encoding="utf-8") as f:
+        return f.read()
+
+
 def imagefolder_classes(root: str) -> list[str]:
-    return sorted(d.name for d in Path(root).iterdir() if d.is_dir())
+    return files.entries(root)[0]
 
 
 def iter_imagefolder(root: str) -> Iterator[tuple[str, int, bytes]]:
     for label, cls in enumerate(imagefolder_classes(root)):
-        for f in sorted((Path(root) / cls).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                yield f"{cls}/{f.name}", label, f.read_bytes()
+        for name in files.entries(files.join(root, cls))[1]:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                with files.open_file(files.join(root, cls, name)) as f:
+                    yield f"{cls}/{name}", label, f.read()
 
 
 def tar_paths(path: str) -> list[str]:
@@ -180,7 +184,7 @@ def iter_webdataset(path: str) -> Iterator[tuple[str, int, bytes]]:
     for tar_path in tar_paths(path):
         compression = "gzip" if tar_path.endswith((".tgz", ".gz")) else None
         try:
-            with fsspec.open(tar_path, "rb", compression=compression) as f:
+            with files.open_file(tar_path, "rb", compression=compression) as f:
                 samples = [(key, {rawtar.extension(m): m.data for m in members})
                            for key, members in rawtar.group_by_key(rawtar.iter_members(f))]
         except (OSError, tarfile.TarError, EOFError) as e:
@@ -197,8 +201,7 @@ def iter_webdataset(path: str) -> Iterator[tuple[str, int, bytes]]:
 
 
 def iter_csv(path: str) -> Iterator[tuple[str, int, bytes]]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
+    with files.open_file(path, "rt", compression="gzip" if path.endswith(".gz") else None) as f:
         for i, line in enumerate(f):
             if not line.strip():
                 continue
@@ -233,13 +236,12 @@ def iter_eval_images(eval_set: EvalSet) -> Iterator[tuple[str, int, bytes]]:
 def eval_set_signature(eval_set: EvalSet) -> str:
     """A short digest of the set's files (paths, sizes, mtimes): the key of its hash cache."""
     if eval_set.layout == "imagefolder":
-        paths = sorted(p for p in Path(eval_set.path).rglob("*") if p.is_file())
+        paths = files.find(files.join(eval_set.path, "**"))
     else:
-        paths = [Path(p) for p in tar_paths(eval_set.path)] if eval_set.layout == "webdataset" else [Path(eval_set.path)]
+        paths = tar_paths(eval_set.path) if eval_set.layout == "webdataset" else [eval_set.path]
     digest = hashlib.blake2b(digest_size=8)
     for f in paths:
-        st = f.stat()
-        digest.update(f"{f}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
+        digest.update(f"{f}\x1f{files.version(f)}\n".encode())
     return digest.hexdigest()
 
 

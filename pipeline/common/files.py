@@ -108,6 +108,53 @@ def join(folder: str, *names: str) -> str:
     return "/".join([folder.rstrip("/"), *names])
 
 
+def parent(path: str) -> str:
+    """The folder of a file path or URL: `s3://bucket/run/ckpt.pt` -> `s3://bucket/run`, `run/ckpt.pt` -> `run`,
+    `ckpt.pt` -> `.`."""
+    if "://" not in path:
+        return os.path.dirname(path.rstrip("/")) or "."
+    protocol, rest = path.split("://", 1)
+    head = rest.rstrip("/").rpartition("/")[0]
+    return f"{protocol}://{head}" if head else path   # a bucket is its own folder
+
+
+def folder_name(path: str) -> str:
+    """The name of the folder holding a file (a local path resolved first: `ckpt.pt` names the current folder)."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) if "://" not in path else name(parent(path))
+
+
+def name(path: str) -> str:
+    """The last part of a file path or URL (`s3://bucket/run/ckpt.pt` -> `ckpt.pt`)."""
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def isdir(path: str) -> bool:
+    """A folder (on object stores: a prefix that holds objects)."""
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.isdir(p)
+
+
+def entries(folder: str) -> tuple[list[str], list[str]]:
+    """(names of the sub-folders, names of the files) directly in a folder, each sorted."""
+    fs, p = fsspec.core.url_to_fs(folder)
+    found = fs.ls(p, detail=True)
+    return (sorted(name(e["name"]) for e in found if e["type"] == "directory"),
+            sorted(name(e["name"]) for e in found if e["type"] != "directory"))
+
+
+def version(path: str) -> str:
+    """What changes when a file does: its size and modification time (an object's last-modified time)."""
+    fs, p = fsspec.core.url_to_fs(path)
+    info = fs.info(p)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("last_modified") or ""
+    return f"{info.get('size')}\x1f{mtime}"
+
+
+def isfile(path: str) -> bool:
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.isfile(p)
+
+
 def exists(path: str) -> bool:
     fs, p = fsspec.core.url_to_fs(path)
     return fs.exists(p)
@@ -137,14 +184,25 @@ def open_file(path: str, mode: str = "rb", **kwargs):
     return fsspec.open(path, mode, **kwargs).open()
 
 
+# Object stores whose fsspec files, opened with autocommit=False, upload as they are written but make the object
+# visible only on commit() (a multipart or resumable upload completed then; discard() aborts it): s3fs, gcsfs, adlfs.
+STREAMED_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
     """Write `path` so that readers see the old file or the whole new one, never a part; a failed write
-    leaves the old file.
+    leaves the old file. For every file a stage or the trainer writes whole: reports, manifests, checkpoints,
+    shards (S3 and GCS have no rename, and need none: an object appears when its upload completes).
 
-    Locally: write a hidden sibling, then rename it over the file (atomic on POSIX). Elsewhere the bytes are
-    collected and put in one call at the end: on object stores a put is atomic by itself. For the small files
-    written this way (query lists, manifests, reports), not for shards.
+    Locally: write a hidden sibling, fsync it, then rename it over the file (atomic on POSIX, durable).
+    On S3, GCS and Azure: stream through an upload that is committed at the end (one PUT, or a multipart
+    upload completed) and aborted on an error, so memory stays one block whatever the size. Any other
+    fsspec filesystem: the bytes are collected and put in one call at the end.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode {mode!r} (expected 'w' or 'wb')")
@@ -155,10 +213,26 @@ def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
         try:
             with open(tmp, mode, **kwargs) as f:
                 yield f
+                f.flush()
+                os.fsync(f.fileno())   # the bytes on disk before the name points at them: a crash leaves old or new
             os.replace(tmp, p)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        return
+    if _protocols(fs) & STREAMED_PROTOCOLS:
+        raw = fs.open(p, "wb", autocommit=False)
+        text = io.TextIOWrapper(raw, **kwargs) if mode == "w" else None
+        try:
+            yield text if text is not None else raw
+            if text is not None:
+                text.flush()
+            raw.close()          # uploads the last part; nothing is visible yet
+            raw.commit()
+        except BaseException:
+            raw.discard()        # aborts the upload: the old object stays
+            raw.closed = True    # a discarded file must not upload what it holds when it is collected
+            raise
         return
     buffer = io.BytesIO()
     text = io.TextIOWrapper(buffer, **kwargs) if mode == "w" else None

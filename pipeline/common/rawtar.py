@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
-import fsspec
+from pipeline.common import files
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def member(name: str, data: bytes, mtime: int = 0) -> Member:
 def iter_raw_samples(path: str) -> Iterable[tuple[str, list[Member]]]:
     """(key, members) per sample of a shard, members in tar order; stops at a corrupt tail."""
     try:
-        with fsspec.open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             yield from group_by_key(iter_members(f))
     except (OSError, tarfile.TarError, EOFError) as e:
         log.warning("%s: stopped copying at a corrupt member: %s", path, e)

@@ -24,16 +24,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import tarfile
 from collections.abc import Iterable
 
 import faiss
-import fsspec
 import numpy as np
 import pyarrow as pa
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.evalsets import EvalSet, eval_set_signature, iter_eval_images
 from pipeline.common.images import image_member
 from pipeline.dedup.phash import batched, file_signature, read_or_compute
@@ -64,7 +62,7 @@ class Encoder:
 
 def file_sha256(path: str) -> str:
     """The checkpoint's content hash: part of every embedding cache key and of the manifest."""
-    with open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -125,7 +123,7 @@ def shard_images(path: str) -> Iterable[tuple[str, bytes]]:
     """(key, image bytes) of a shard's samples that have an image; stops quietly at a corrupt tail (the pHash
     pass already recorded the error, and only samples it hashed are ever matched)."""
     try:
-        with fsspec.open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             for key, members in rawtar.group_by_key(rawtar.iter_members(f)):
                 sample = {rawtar.extension(m): m.data for m in members}
                 data = image_member(sample)
@@ -137,8 +135,8 @@ def shard_images(path: str) -> Iterable[tuple[str, bytes]]:
 
 def shard_features(path: str, encoder: Encoder, cache_dir: str) -> dict[str, np.ndarray]:
     """key -> unit feature of every decodable image of a shard, through the cache."""
-    stem = os.path.basename(path).split(".")[0]
-    cache = os.path.join(cache_dir, "embed", "shards",
+    stem = files.name(path).split(".")[0]
+    cache = files.join(cache_dir, "embed", "shards",
                          f"{stem}-{file_signature(path, 'embed', EMBED_VERSION, encoder.key)}.parquet")
     table, _ = read_or_compute(cache, lambda: (features_table("key", *embed_images(encoder, shard_images(path))), None))
     return dict(zip(table["key"].to_pylist(), table_features(table, encoder.dim)))
@@ -146,7 +144,7 @@ def shard_features(path: str, encoder: Encoder, cache_dir: str) -> dict[str, np.
 
 def eval_features(eval_set: EvalSet, encoder: Encoder, cache_dir: str) -> dict[str, np.ndarray]:
     """image_id -> unit feature of every decodable image of an eval set, through the cache."""
-    cache = os.path.join(cache_dir, "embed", "eval", f"{eval_set.name}-{eval_set_signature(eval_set)}-"
+    cache = files.join(cache_dir, "embed", "eval", f"{eval_set.name}-{eval_set_signature(eval_set)}-"
                                                      f"{EMBED_VERSION}-{encoder.key[:16]}.parquet")
 
     def compute():

@@ -20,7 +20,6 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-import fsspec
 import imagehash
 import numpy as np
 import pyarrow as pa
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.common import rawtar
+from pipeline.common import files, rawtar
 from pipeline.common.evalsets import EvalSet, eval_set_signature, iter_eval_images
 from pipeline.common.images import image_member
 from pipeline.common.records import uid_of_sample
@@ -390,7 +389,7 @@ def hash_shard(path: str, draft: bool = True) -> tuple[pa.Table, str | None]:
     rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
     error = None
     try:
-        with fsspec.open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             for key, members in rawtar.group_by_key(rawtar.iter_members(f)):
                 sample = {rawtar.extension(m): m.data for m in members}
                 data = image_member(sample)
@@ -409,33 +408,31 @@ def hash_shard(path: str, draft: bool = True) -> tuple[pa.Table, str | None]:
 
 def file_signature(path: str, *parts) -> str:
     """Digest of a file's path, size and mtime plus settings: changes whenever the file or settings do."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    info = fs.info(fs_path)
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or ""
-    text = "\x1f".join(map(str, (os.path.abspath(path) if "://" not in path else path, info.get("size"), mtime,
+    text = "\x1f".join(map(str, (os.path.abspath(path) if "://" not in path else path, files.version(path),
                                  HASH_VERSION, *parts)))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def read_or_compute(cache_path: str, compute: Callable[[], tuple[pa.Table, str | None]]) -> tuple[pa.Table, str | None]:
-    """The cached table (and error stored in its metadata), or compute, store atomically and return it."""
-    if os.path.exists(cache_path):
-        table = pq.read_table(cache_path)
+    """The cached table (and error stored in its metadata), or compute, store atomically and return it (the cache
+    may be local or on an object store, beside the stage's outputs)."""
+    if files.exists(cache_path):
+        with files.open_file(cache_path) as f:
+            table = pq.read_table(f)
         meta = table.schema.metadata or {}
         error = meta.get(b"error", b"").decode() or None
         return table.replace_schema_metadata(None), error
     table, error = compute()
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = f"{cache_path}.tmp{os.getpid()}"
-    pq.write_table(table.replace_schema_metadata({"error": error or ""}), tmp)
-    os.replace(tmp, cache_path)
+    files.makedirs(files.parent(cache_path))
+    with files.atomic_write(cache_path) as f:
+        pq.write_table(table.replace_schema_metadata({"error": error or ""}), f)
     return table, error
 
 
 def shard_hashes(path: str, cache_dir: str, draft: bool = True) -> tuple[pa.Table, str | None]:
     """`hash_shard` through the cache (worker task: module-level so it pickles)."""
-    stem = os.path.basename(path).split(".")[0]
-    cache_path = os.path.join(cache_dir, "shards", f"{stem}-{file_signature(path, draft)}.parquet")
+    stem = files.name(path).split(".")[0]
+    cache_path = files.join(cache_dir, "shards", f"{stem}-{file_signature(path, draft)}.parquet")
     return read_or_compute(cache_path, lambda: hash_shard(path, draft))
 
 
@@ -463,7 +460,7 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def eval_hashes(eval_set: EvalSet, cache_dir: str, workers: int, draft: bool = True) -> pa.Table:
     """Hash table of one eval set (image_id, label, phash, variants, sha256, status), cached by the set's files."""
-    cache_path = os.path.join(cache_dir, "eval", f"{eval_set.name}-{eval_set_signature(eval_set)}-"
+    cache_path = files.join(cache_dir, "eval", f"{eval_set.name}-{eval_set_signature(eval_set)}-"
                                                  f"{HASH_VERSION}-{int(draft)}.parquet")
 
     def compute() -> tuple[pa.Table, None]:

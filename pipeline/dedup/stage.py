@@ -238,7 +238,6 @@ class ShardRewriter:
 
     def __init__(self, out: str, per_shard: int):
         self.out, self.per_shard = out.rstrip("/"), per_shard
-        self.fs, self.root = fsspec.core.url_to_fs(self.out)
         self.shards: list[dict] = []
         self._tar: rawtar.TarWriter | None = None
         self._rows: list[dict] = []
@@ -246,16 +245,16 @@ class ShardRewriter:
 
     def _open(self) -> None:
         self._name = f"{len(self.shards):05d}"
-        # open across add() calls until the shard is full, closed in _close(): no with-block fits
-        self._file = self.fs.open(f"{self.root}/{self._name}.tar.tmp", "wb")
-        self._tar = rawtar.TarWriter(self._file)
+        # open across add() calls until the shard is full, closed in _close(): no with-block fits. Written whole or
+        # not at all (files.atomic_write: a renamed temp file locally, one committed upload on object stores)
+        self._writing = files.atomic_write(files.join(self.out, f"{self._name}.tar"))
+        self._tar = rawtar.TarWriter(self._writing.__enter__())
 
     def _close(self) -> None:
         self._tar.close()
-        self._file.close()
-        self.fs.mv(f"{self.root}/{self._name}.tar.tmp", f"{self.root}/{self._name}.tar")
-        pq.write_table(pa.Table.from_pylist(self._rows, schema=OUT_SHARD_SCHEMA),
-                       f"{self.root}/{self._name}.parquet", filesystem=self.fs)
+        self._writing.__exit__(None, None, None)
+        with files.atomic_write(files.join(self.out, f"{self._name}.parquet")) as f:
+            pq.write_table(pa.Table.from_pylist(self._rows, schema=OUT_SHARD_SCHEMA), f)
         n = len(self._rows)
         stats = {"count": n, "successes": n, "failed_to_download": 0, "failed_to_resize": 0,
                  "source_shards": sorted(self._sources)}
@@ -292,18 +291,16 @@ def sample_meta(key: str, members: list[rawtar.Member], source: str) -> dict:
     caption = meta.get("caption") if isinstance(meta, dict) else None
     meta = meta if isinstance(meta, dict) else {}
     return {"key": key, "uid": str(meta.get("uid", key)), "url": meta.get("url"),
-            "caption": caption if isinstance(caption, str) else None, "source_shard": os.path.basename(source)}
+            "caption": caption if isinstance(caption, str) else None, "source_shard": files.name(source)}
 
 
 def clear_shard_dir(out: str, inputs: list[str]) -> None:
     """Remove a previous run's numbered shard files from `out` (only those); refuse to write over the inputs."""
-    fs, root = fsspec.core.url_to_fs(out)
-    if any(os.path.dirname(fsspec.core.url_to_fs(s)[1]) == root.rstrip("/") for s in inputs):
+    root = fsspec.core.url_to_fs(out)[1].rstrip("/")
+    if any(os.path.dirname(fsspec.core.url_to_fs(s)[1]) == root for s in inputs):
         raise SystemExit(f"dedup: --out-shards {out} holds the input shards; choose another folder")
-    fs.makedirs(root, exist_ok=True)
-    for p in fs.ls(root, detail=False):
-        if SHARD_FILE.match(os.path.basename(p)):
-            fs.rm(p)
+    files.makedirs(out)
+    files.remove([p for p in files.find(files.join(out, "*")) if SHARD_FILE.match(files.name(p))])
 
 
 # ---- the stage -------------------------------------------------------------------------------------------
@@ -358,7 +355,7 @@ def run(argv: list[str] | None = None) -> dict:
     """Run the stage; returns the manifest. SystemExit('dedup: ...') on bad input."""
     args = parse_args(argv)
     started = time.time()
-    cache = os.path.join(args.out, "cache")
+    cache = files.join(args.out, "cache")
     try:
         eval_sets = open_eval_sets(args.eval, args.classnames)
         shards = files.expand(args.shards, ".tar")

@@ -34,13 +34,13 @@ import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.common.downloads import NOT_WRITTEN, SHARD_FAILED, failure_reason, is_transient
+from pipeline.common import files
 from pipeline.common.files import NoFilesError, expand, find
 from pipeline.common.manifest import file_info, write_json_atomic, write_manifest
 from pipeline.common.records import QueryListError, load_query_list
@@ -219,7 +219,7 @@ def split_batch(batch: pa.RecordBatch, names: list[str] | None, allow_loopback: 
 def open_input(path: str) -> pq.ParquetFile:
     """The parquet file at path with the input columns, or SystemExit with a one-line reason."""
     try:
-        parquet = pq.ParquetFile(fsspec.open(path, "rb").open())
+        parquet = pq.ParquetFile(files.open_file(path, "rb"))
     except (OSError, pa.ArrowInvalid) as err:
         raise SystemExit(f"shards: {path}: not a readable parquet file ({err})") from None
     missing = [c for c in INPUT_COLUMNS if c not in parquet.schema_arrow.names]
@@ -231,10 +231,9 @@ def open_input(path: str) -> pq.ParquetFile:
 def prepare_input(inputs: list[dict], out: str, names: list[str] | None, allow_loopback: bool,
                   fingerprint: dict) -> dict:
     """Write `<out>/_input/part-NNNNN.parquet` (one per input file) and `<out>/_rejected.parquet`; return the summary."""
-    fs, root = fsspec.core.url_to_fs(out)
-    fs.makedirs(f"{root}/_input", exist_ok=True)
-    if fs.exists(f"{root}/_rejected.parquet"):
-        fs.rm(f"{root}/_rejected.parquet")  # from an earlier preparation of other inputs
+    files.makedirs(files.join(out, "_input"))
+    if files.exists(files.join(out, "_rejected.parquet")):
+        files.remove([files.join(out, "_rejected.parquet")])  # from an earlier preparation of other inputs
     read, rejected, rows_per_file = 0, collections.Counter(), []
     with contextlib.ExitStack() as stack:
         refused_writer = None
@@ -244,7 +243,7 @@ def prepare_input(inputs: list[dict], out: str, names: list[str] | None, allow_l
             batches = parquet.iter_batches(batch_size=65_536, columns=INPUT_COLUMNS) if parquet.metadata.num_rows \
                 else [pa.RecordBatch.from_pylist([], schema=parquet.schema_arrow)]
             kept_rows = 0
-            with fs.open(f"{root}/_input/part-{index:05d}.parquet", "wb") as f:
+            with files.atomic_write(files.join(out, "_input", f"part-{index:05d}.parquet")) as f:
                 writer = None
                 for batch in batches:
                     kept, refused = split_batch(batch, names, allow_loopback)
@@ -253,7 +252,7 @@ def prepare_input(inputs: list[dict], out: str, names: list[str] | None, allow_l
                     read, kept_rows = read + batch.num_rows, kept_rows + kept.num_rows
                     rejected.update(refused.column("reason").to_pylist())
                     if refused.num_rows and refused_writer is None:
-                        refused_file = stack.enter_context(fs.open(f"{root}/_rejected.parquet", "wb"))
+                        refused_file = stack.enter_context(files.atomic_write(files.join(out, "_rejected.parquet")))
                         refused_writer = stack.enter_context(pq.ParquetWriter(refused_file, refused.schema))
                     if refused.num_rows:
                         refused_writer.write_table(refused)
@@ -266,11 +265,10 @@ def prepare_input(inputs: list[dict], out: str, names: list[str] | None, allow_l
 
 
 def load_prepared(out: str) -> dict | None:
-    path = f"{out}/_input/_prepared.json"
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
+    path = files.join(out, "_input", "_prepared.json")
+    if not files.exists(path):
         return None
-    with fs.open(fs_path, "r") as f:
+    with files.open_file(path, "r") as f:
         return json.load(f)
 
 
@@ -297,24 +295,21 @@ def shard_files(out: str) -> dict[int, dict[str, str]]:
 
 def remove_unfinished_shards(out: str) -> list[int]:
     """Delete tar/parquet files of shards without `_stats.json` (cut off mid-write); return their ids."""
-    fs, _ = fsspec.core.url_to_fs(out)
-    unfinished = {sid: files for sid, files in shard_files(out).items() if "stats" not in files}
-    for files in unfinished.values():
-        for path in files.values():
-            fs.rm(path)
+    unfinished = {sid: found for sid, found in shard_files(out).items() if "stats" not in found}
+    files.remove([path for found in unfinished.values() for path in found.values()])
     return sorted(unfinished)
 
 
 def shard_rows(path: str, columns: list[str]) -> pa.Table:
-    with fsspec.open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         return pq.read_table(f, columns=columns)
 
 
 def latest_outcomes(out: str, shard_ids: list[int]) -> dict[str, str]:
     """uid -> SUCCESS or failure reason of its latest attempt in these shards (in shard order)."""
-    files, outcome = shard_files(out), {}
+    by_id, outcome = shard_files(out), {}
     for sid in sorted(shard_ids):
-        rows = shard_rows(files[sid]["parquet"], ["uid", "status", "error_message"]).to_pydict()
+        rows = shard_rows(by_id[sid]["parquet"], ["uid", "status", "error_message"]).to_pydict()
         for uid, status, message in zip(rows["uid"], rows["status"], rows["error_message"]):
             if outcome.get(uid) != SUCCESS:
                 outcome[uid] = SUCCESS if status == SUCCESS else failure_reason(message)
@@ -324,15 +319,15 @@ def latest_outcomes(out: str, shard_ids: list[int]) -> dict[str, str]:
 def account(out: str, prepared: dict, per_shard: int) -> dict:
     """Manifest counters over the main shards, with later retry rounds deciding the rows they retried."""
     sizes = shard_sizes(prepared["rows_per_file"], per_shard)
-    files = shard_files(out)
-    done = {sid for sid, f in files.items() if "stats" in f and "parquet" in f}
+    by_id = shard_files(out)
+    done = {sid for sid, f in by_id.items() if "stats" in f and "parquet" in f}
     retried = latest_outcomes(out, [sid for sid in done if sid >= len(sizes)])
     kept, rejected = 0, collections.Counter(prepared["rejected"])
     for sid, size in enumerate(sizes):
         if sid not in done:
             rejected[SHARD_FAILED] += size
             continue
-        rows = shard_rows(files[sid]["parquet"], ["uid", "status", "error_message"]).to_pydict()
+        rows = shard_rows(by_id[sid]["parquet"], ["uid", "status", "error_message"]).to_pydict()
         for uid, status, message in zip(rows["uid"], rows["status"], rows["error_message"]):
             outcome = SUCCESS if status == SUCCESS else retried.get(uid, failure_reason(message))
             if outcome == SUCCESS:
@@ -346,13 +341,13 @@ def account(out: str, prepared: dict, per_shard: int) -> dict:
 
 def retry_rows(out: str) -> pa.Table | None:
     """Rows (input columns) whose latest attempt failed with a transient reason, or None if there are none."""
-    files = shard_files(out)
-    done = sorted(sid for sid, f in files.items() if "stats" in f)
+    by_id = shard_files(out)
+    done = sorted(sid for sid, f in by_id.items() if "stats" in f)
     outcome = latest_outcomes(out, done)
     wanted = {uid for uid, reason in outcome.items() if reason != SUCCESS and is_transient(reason)}
     parts, seen = [], set()
     for sid in done:
-        table = shard_rows(files[sid]["parquet"], None)
+        table = shard_rows(by_id[sid]["parquet"], None)
         mask = [uid in wanted and uid not in seen and not seen.add(uid) for uid in table.column("uid").to_pylist()]
         columns = [c for c in table.column_names if c in INPUT_COLUMNS + ["query_names"]]
         parts.append(table.filter(pa.array(mask, pa.bool_())).select(columns))
@@ -431,17 +426,17 @@ def run_retry(s: ShardsSettings, prepared: dict) -> None:
     """One retry round: transient failures into new shards after the last one (s.download.samples_per_shard
     is the first run's)."""
     sizes = shard_sizes(prepared["rows_per_file"], prepared["fingerprint"]["samples_per_shard"])
-    files = shard_files(s.out)
-    if any("stats" not in files.get(sid, {}) for sid in range(len(sizes))):
+    by_id = shard_files(s.out)
+    if any("stats" not in by_id.get(sid, {}) for sid in range(len(sizes))):
         raise SystemExit(f"shards: {s.out}: the first run is unfinished; rerun without --retry-failed first")
     rows = retry_rows(s.out)
     if rows is None:
         log.info("shards: no transient failures to retry")
         return
-    fs, root = fsspec.core.url_to_fs(s.out)
-    fs.makedirs(f"{root}/_retry", exist_ok=True)
-    round_path = f"{s.out}/_retry/round-{len(find(f'{s.out}/_retry/round-*.parquet')) + 1:03d}.parquet"
-    with fsspec.open(round_path, "wb") as f:
+    files.makedirs(files.join(s.out, "_retry"))
+    rounds = find(files.join(s.out, "_retry", "round-*.parquet"))
+    round_path = files.join(s.out, "_retry", f"round-{len(rounds) + 1:03d}.parquet")
+    with files.atomic_write(round_path) as f:
         pq.write_table(rows, f)
     log.info("shards: retrying %d rows (%s)", rows.num_rows, round_path)
     extra = [c for c in ("uid", "query_ids", "query_names") if c in rows.column_names]
@@ -453,9 +448,9 @@ def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     s = settings_of(args)
     start = time.monotonic()
-    fs, root = fsspec.core.url_to_fs(s.out)
-    if fs.exists(f"{root}/manifest.json"):
-        fs.rm(f"{root}/manifest.json")  # stale once a run starts; img2dataset would also misread it as shard stats
+    if files.exists(files.join(s.out, "manifest.json")):
+        # stale once a run starts; img2dataset would also misread it as shard stats
+        files.remove([files.join(s.out, "manifest.json")])
     removed = remove_unfinished_shards(s.out)
     if removed:
         log.info("shards: removed %d unfinished shard(s) %s; they are downloaded again", len(removed), removed[:10])
@@ -471,8 +466,8 @@ def run(argv: list[str] | None = None) -> dict:
         prepared = run_main(s)
     per_shard = prepared["fingerprint"]["samples_per_shard"]
     counters = account(s.out, prepared, per_shard)
-    files = shard_files(s.out)
-    extra = {"shards": sum("tar" in f for f in files.values()),
+    by_id = shard_files(s.out)
+    extra = {"shards": sum("tar" in f for f in by_id.values()),
              "main_shards": len(shard_sizes(prepared["rows_per_file"], per_shard))}
     manifest = write_manifest(s.out, stage=STAGE, settings=dict(vars(args), samples_per_shard=per_shard),
                               inputs=prepared["fingerprint"]["inputs"], counters=counters,
