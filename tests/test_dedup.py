@@ -101,6 +101,41 @@ def test_multi_index_hash_equals_brute_force_on_many_hashes(radius):
         mih.MultiIndexHash(db, mih.MAX_RADIUS + 1)
 
 
+@pytest.mark.parametrize("rows", [40, 3_000, 300_000])
+@pytest.mark.parametrize("built, searched", [(8, 8), (8, 6), (8, 3), (6, 6), (6, 0), (2, 2), (0, 0)])
+def test_multi_index_hash_at_any_radius_up_to_its_own_equals_brute_force(rows, built, searched):
+    # every layout `plan` picks (few rows: narrow pieces; many: wide ones, some never probed at small radii), searched
+    # at its own radius or below; planted neighbours at every distance 0..10
+    rng = np.random.default_rng(rows + 10 * built + searched)
+    db = rng.integers(0, 2**63, rows, dtype=np.uint64) * 2 + rng.integers(0, 2, rows, dtype=np.uint64)
+    src = rng.integers(0, rows, 400)
+    near = np.array([int(db[s]) ^ sum(1 << int(b) for b in rng.choice(64, i % 11, replace=False))
+                     for i, s in enumerate(src)], dtype=np.uint64)
+    queries = np.concatenate([near, rng.integers(0, 2**63, 100, dtype=np.uint64)])
+    index = mih.MultiIndexHash(db, built)
+    q, ids, d = index.range_search(queries, searched)
+    brute = np.bitwise_count(queries[:, None] ^ db[None, :])
+    expected = {(i, j, int(brute[i, j])) for i, j in zip(*np.nonzero(brute <= searched))}
+    assert set(zip(q.tolist(), ids.tolist(), d.tolist())) == expected
+    assert len(q) == len(expected)                          # each pair once, however many pieces found it
+    assert sum(1 for i, s in enumerate(src) if i % 11 <= searched) <= len(expected)   # the planted ones at least
+    with pytest.raises(ValueError, match="outside"):
+        index.range_search(queries, built + 1)
+
+
+def test_plan_narrows_the_pieces_for_few_rows_and_spends_flips_where_they_are_cheap():
+    # by hand, from the cost model: 2.2M rows at r=8 need 3 wide pieces of 2 flips each (the plain pigeonhole);
+    # at r=6, (2, 1, 1) suffices (sum >= 6 - 3 + 1); 100k rows at r=8: four 16-bit pieces with 2+1+1+1 flips
+    assert mih.plan(2_200_000, 8) == ((22, 21, 21), (2, 2, 2))
+    assert sorted(mih.plan(2_200_000, 6)[1]) == [1, 1, 2]
+    assert mih.plan(100_000, 8) == ((16, 16, 16, 16), (2, 1, 1, 1))
+    for rows in (10, 10_000, 1_000_000):
+        for radius in range(mih.MAX_RADIUS + 1):
+            widths, budgets = mih.plan(rows, radius)
+            assert sum(widths) == 64 and max(widths) <= mih.MAX_WIDTH
+            assert sum(budgets) >= radius - len(widths) + 1      # the pigeonhole condition: exact recall
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=30), st.lists(st.integers(0, 2**64 - 1), max_size=30),
        st.integers(0, 10))
@@ -243,7 +278,7 @@ def index_of_plain_hashes(hashes: list[int], ids: list[str]) -> dedup.EvalIndex:
     """An eval index whose images have the given pHashes and random (far) other variants."""
     variants = np.random.default_rng(0).integers(0, 2**63, (len(hashes), len(phash.VARIANT_KINDS)), dtype=np.uint64)
     variants[:, 0] = hashes
-    return dedup.EvalIndex(index=dedup.build_binary_index(variants.ravel(), 8), eval_set=["e"] * len(ids),
+    return dedup.EvalIndex(indexes=dedup.index_variants(variants, {"phash": 8}), eval_set=["e"] * len(ids),
                            image_id=ids, label=[0] * len(ids), sha256=[""] * len(ids), variants=variants)
 
 
