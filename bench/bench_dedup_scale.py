@@ -127,11 +127,13 @@ def stage_search(rng: np.random.Generator, n_eval: int, n_samples: int) -> dict:
     build_s = time.process_time() - start
     eval_index = dedup.EvalIndex(indexes=indexes, eval_set=["e"] * n_eval, image_id=[str(i) for i in range(n_eval)],
                                  label=[0] * n_eval, sha256=[""] * n_eval, variants=variants)
-    shards = [shard_rows(rng, variants, 10_000, 100) for _ in range(n_samples // 10_000)]
+    per_shard = min(10_000, n_samples)     # img2dataset's shard size
+    shards = [shard_rows(rng, variants, per_shard, per_shard // 100) for _ in range(n_samples // per_shard)]
+    n_samples = per_shard * len(shards)
     start = time.process_time()
     found = [dedup.hash_pairs(rows, eval_index, thresholds) for rows in shards]
     rate = n_samples / (time.process_time() - start)
-    check = 1000
+    check = min(1000, per_shard)
     exact = {(i, e, s) for (i, e), (_, s) in found[0].items() if i < check} == \
         brute_force_pairs(shards[0], variants, thresholds, check)
     start = time.process_time()

@@ -88,3 +88,24 @@ def test_every_edit_makes_a_decodable_copy(name):
     copy = b.web_copy(name, 3, jpeg_bytes(pattern_image(5, 32)))
     with Image.open(io.BytesIO(copy)) as im:
         assert im.format == "JPEG" and im.size == ((32, 32) if name == "recompress_q20" else (256, 256))
+
+
+def test_scale_bench_checks_its_searches_against_brute_force(tmp_path, monkeypatch):
+    from bench import bench_dedup_scale, projection, report
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(report, "BENCHMARKS", tmp_path / "BENCHMARKS.md")   # keep the real one as it is
+    r = bench_dedup_scale.main(["--rows", "3000", "--queries", "600", "--eval-images", "300", "--samples", "2000"])
+    index, search = r["index"], r["stage_search"]
+    assert index["exact"] and index["r8"]["planted_missed"] == 0 and index["r6"]["planted_missed"] == 0
+    assert index["r8"]["planted_within"] == 60 and 0 < index["r6"]["planted_within"] < 60
+    assert search["exact"] and search["samples"] == 2000 and search["pairs"] > 0
+    assert set(search["indexes"]) == {"phash", "crop", "centre+rotate"}        # the default thresholds' groups
+    written = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "<!-- bench:dedup_scale -->" in written and "not run (needs `--data`" in written
+    # the projection takes dedup's rate from the largest eval index measured end to end
+    small = {"stage": {"marginal_samples_per_cpu_s": 2500.0, "samples_per_cpu_s": 2000.0}}
+    assert projection.dedup_rate(small, r)[0] == 2500.0
+    large = {"stage": {"marginal_samples_per_cpu_s": 3000.0, "eval_images": 50_000, "index_rows": 2_200_000}}
+    assert projection.dedup_rate(small, large) == (3000.0, "samples/s per core, `dedup` end to end marginal against "
+                                                   "50,000 eval images = 2,200,000 hashes (every default signal, "
+                                                   "decisions only; bench_dedup_scale)")

@@ -282,6 +282,45 @@ def index_of_plain_hashes(hashes: list[int], ids: list[str]) -> dedup.EvalIndex:
                            image_id=ids, label=[0] * len(ids), sha256=[""] * len(ids), variants=variants)
 
 
+@pytest.mark.parametrize("thresholds", [dict(dedup.DEFAULT_THRESHOLDS), {"phash": 8, "crop": 4, "overlay": 2},
+                                        {"frame": 6, "reframe": 8}, {"flip": 10, "rotate": 3}])
+def test_hash_pairs_per_group_index_equals_brute_force_over_the_searched_pairs(thresholds):
+    # 200 eval images of random variants; 300 samples whose plain, frame or centre hash is some variant of some eval
+    # image 0..10 bits off (and random otherwise): every (sample, eval image) pair some searched (shard hash, variant)
+    # pair finds within its signal's threshold, reported as the first such signal, by brute force over all pairs
+    rng = np.random.default_rng(len(thresholds))
+    variants = rng.integers(0, 2**63, (200, len(phash.VARIANT_KINDS)), dtype=np.uint64) * 2 + 1
+    rows = {c: rng.integers(0, 2**63, 300, dtype=np.uint64).tolist() for c in dedup.HASH_COLUMNS}
+    rows["phash_trimmed"] = [h if i % 3 == 1 else None for i, h in enumerate(rows["phash_trimmed"])]
+    for i in range(300):
+        searched = [v for v in range(len(phash.VARIANT_KINDS)) if phash.signal_of(phash.QUERY_KINDS[i % 3], v) in thresholds]
+        if searched:   # a copy of the kind some signal on would find
+            rows[dedup.HASH_COLUMNS[i % 3]][i] = int(variants[i % 200, int(rng.choice(searched))]) ^ sum(
+                1 << int(b) for b in rng.choice(64, i % 11, replace=False))
+    eval_index = dedup.EvalIndex(indexes=dedup.index_variants(variants, thresholds), eval_set=["e"] * 200,
+                                 image_id=[str(i) for i in range(200)], label=[0] * 200, sha256=[""] * 200,
+                                 variants=variants)
+    expected = {}
+    for i in range(300):
+        for k, column in enumerate(dedup.HASH_COLUMNS):
+            if rows[column][i] is None:
+                continue
+            distances = np.bitwise_count(np.uint64(rows[column][i]) ^ variants)        # (eval images, variants)
+            for e, v in zip(*np.nonzero(distances <= 10)):
+                signal, d = phash.signal_of(phash.QUERY_KINDS[k], int(v)), int(distances[e, v])
+                if signal in thresholds and d <= thresholds[signal]:
+                    code = phash.SIGNAL_ORDER.index(signal)
+                    expected[(i, int(e))] = min(expected.get((i, int(e)), (code, d)), (code, d))
+    expected = {pair: (d, phash.SIGNAL_ORDER[c]) for pair, (c, d) in expected.items()}
+    assert dedup.hash_pairs(rows, eval_index, thresholds) == expected
+    assert len(expected) >= 60
+    # each index is searched no wider than the signals that use it need
+    limit = {k: max(thresholds.get(phash.signal_of(q, v) or "", -1) for q in phash.QUERY_KINDS
+                    for v in columns) for k, (columns, _) in eval_index.indexes.items()}
+    assert {k: getattr(index, "radius", None) for k, (_, index) in eval_index.indexes.items()} == \
+        {k: r if r <= mih.MAX_RADIUS else None for k, r in limit.items()}
+
+
 def test_nearest_marks_each_samples_closest_eval_image(planted):
     shard_dir = planted[2]
     table, _ = phash.hash_shard(str(shard_dir / "00000.tar"))
