@@ -107,7 +107,7 @@ def build_binary_index(hashes: np.ndarray, threshold: int) -> mih.MultiIndexHash
 
 
 def describe_index(index: mih.MultiIndexHash | faiss.IndexBinary) -> str:
-    """The manifest's name of an index: its class, rows and (multi-index hashing) piece widths and flip budgets."""
+    """The manifest's name of an index: its class, rows and (multi-index hashing) radius and piece widths."""
     if isinstance(index, mih.MultiIndexHash):
         return f"MultiIndexHash({index.ntotal} rows, r<={index.radius}, pieces {index.widths})"
     return f"{type(index).__name__}({index.ntotal} rows)"
@@ -120,7 +120,8 @@ def search_radius(query_kind: int, columns: np.ndarray, limit: np.ndarray) -> in
     return int(limit[codes[codes >= 0]].max(initial=-1))
 
 
-def index_variants(variants: np.ndarray, thresholds: dict[str, int]) -> dict[str, tuple[np.ndarray, object]]:
+def index_variants(variants: np.ndarray, thresholds: dict[str, int]
+                   ) -> dict[str, tuple[np.ndarray, mih.MultiIndexHash | faiss.IndexBinary]]:
     """Exact indexes over the (entries, n_variants) hashes' columns, one per group of eval variant kinds that the same
     shard hashes search at the same radius (the largest threshold of the signals pairing them; "centre+rotate" by
     default), built for that radius; kinds no signal on searches get none. Searching each kind at its own signals'
