@@ -171,6 +171,7 @@ bench: setup sample-data  ## benchmarks -> bench/results/*.json and BENCHMARKS.m
 	$(if $(DATA),$(PY) -m bench.bench_match --data $(DATA),@echo "bench: match benchmark skipped: it needs DATA= with bench-queries.tsv.gz")
 	$(PY) -m bench.bench_shards $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_dedup $(if $(DATA),--data $(DATA))
+	$(PY) -m bench.bench_dedup_scale $(if $(DATA),--data $(DATA))
 	$(PY) -m bench.bench_train
 	$(PY) -m bench.projection
 

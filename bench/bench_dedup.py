@@ -52,6 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "data" / "sample" / "photos"
 MIN_PRECISION = 0.99                                          # issue 17: pooled precision >= 0.99,
 MIN_RECALL, MIN_EDIT_RECALL = 0.95, 0.90                      # pooled recall >= 0.95, every single edit >= 0.90
+# `tune` asks the tuning half for a margin on each: held-out precision came 0.003 below the tuning half's at the
+# previous defaults (0.990 vs 0.993, session 6), so a tuning precision of 0.99 would leave the held-out half to chance
+TUNE_PRECISION, TUNE_EDIT_MARGIN = 0.995, 0.02
 HASH_TARGET, SEARCH_TARGET = 2_000, 5_000                     # DESIGN.md: img/s and queries/s per core
 STAGE_TARGET = 2_000                                          # issue 17: dedup end to end, samples/s per core
 # cosine thresholds tried: the tiny encoder puts most image pairs above 0.98, so the grid is fine near 1
@@ -299,6 +302,23 @@ def first_signals(c: dict, limits: np.ndarray) -> dict[str, int]:
     return {SIGNALS[i]: int(n) for i, n in zip(*np.unique(first, return_counts=True))}
 
 
+def false_positives(close: dict[str, dict], limits: np.ndarray) -> dict:
+    """Where the false positives come from: per signal (the first of SIGNAL_ORDER within its limit) and per
+    negative image (the same negative edited 22 ways may meet the same eval image every time)."""
+    by_signal, by_negative = {}, {}
+    for c in close.values():
+        hit = c["negative"] <= limits
+        for k in np.flatnonzero(hit.any(axis=1)).tolist():
+            signal = SIGNALS[int(hit[k].argmax())]
+            by_signal[signal] = by_signal.get(signal, 0) + 1
+            by_negative[k] = by_negative.get(k, 0) + 1
+        lost = ~(c["source"] <= limits).any(axis=1) & (c["other"] <= limits).any(axis=1)
+        by_signal["positive meeting another image"] = by_signal.get("positive meeting another image", 0) + int(lost.sum())
+    top = sorted(by_negative.values(), reverse=True)
+    return {"by_signal": dict(sorted(by_signal.items(), key=lambda kv: -kv[1])), "negatives": len(by_negative),
+            "from_top_6_negatives": sum(top[:6]), "negative_fps": sum(top)}
+
+
 def pooled(rows: list[dict]) -> dict:
     tp, fp = sum(r["tp"] for r in rows), sum(r["fp"] for r in rows)
     return {"tp": tp, "fp": fp, "recall": tp / sum(r["positives"] for r in rows),
@@ -328,18 +348,19 @@ GRID = (-1, 0, 2, 4, 6, 8)
 
 
 def tune(close: dict[str, dict]) -> tuple[dict[str, int], dict]:
-    """The per-signal thresholds that, on these (tuning) images, keep pooled precision >= MIN_PRECISION and then
-    maximise: every single edit's recall >= MIN_EDIT_RECALL, pooled recall, the worst single edit's recall, and
-    last the smallest thresholds (fewer pairs searched)."""
+    """The per-signal thresholds that, on these (tuning) images, keep pooled precision >= TUNE_PRECISION and then
+    maximise: every single edit's recall >= MIN_EDIT_RECALL + TUNE_EDIT_MARGIN, pooled recall, the worst single
+    edit's recall, and last the smallest thresholds (fewer pairs searched). Both bounds sit above the targets, so
+    that the held-out half, which only reports, meets them without luck."""
     best, best_key = None, None
     groups = list(GROUPS)
     for values in itertools.product(GRID, repeat=len(groups)):
         thresholds = {s: v for g, v in zip(groups, values) for s in GROUPS[g] if v >= 0}
         r = evaluate(close, limits_of(thresholds))
-        if r["pooled"]["precision"] < MIN_PRECISION:
+        if r["pooled"]["precision"] < TUNE_PRECISION:
             continue
-        key = (r["min_single_recall"] >= MIN_EDIT_RECALL, round(r["pooled"]["recall"], 4), r["min_single_recall"],
-               -sum(v for v in values if v > 0))
+        key = (r["min_single_recall"] >= MIN_EDIT_RECALL + TUNE_EDIT_MARGIN, round(r["pooled"]["recall"], 4),
+               r["min_single_recall"], -sum(v for v in values if v > 0))
         if best_key is None or key > best_key:
             best, best_key = thresholds, key
     return best, evaluate(close, limits_of(best)) if best is not None else {}
@@ -399,6 +420,7 @@ def calibrate(images: list[bytes], eval_size: int, n_pos: int, n_neg: int, worke
                              "tuned": evaluate(close[h], limits_of(tuned)) if tuned else None,
                              "old_stage": evaluate(close[h], limits_of(old)),
                              "first_signal": {n: first_signals(c, limits_of(defaults)) for n, c in close[h].items()},
+                             "false_positives": false_positives(close[h], limits_of(defaults)),
                              "signal_alone": {s: pooled([pr_of(c, limits_of({s: defaults[s]}))
                                                           for c in close[h].values()])["recall"]
                                               for s in SIGNALS if s in defaults}}
@@ -549,8 +571,9 @@ def search_methods(radius: int) -> dict:
         return index.range_search(queries)[:2]
 
     return {
-        # the stage's index (pipeline/dedup/mih.py): 21+21+22 bits, all queries probed at once
-        **({"numpy_mih_21_21_22": (True, lambda db: mih.MultiIndexHash(db, radius), mih_search)}
+        # the stage's index (pipeline/dedup/mih.py): at 1M hashes and r=8 it plans 22+21+21 bits, 2 flips each; the
+        # queries probed in chunks of mih.CHUNK at once
+        **({"numpy_mih": (True, lambda db: mih.MultiIndexHash(db, radius), mih_search)}
            if radius <= mih.MAX_RADIUS else {}),
         # faiss' multi-index hashing covers 63 of 64 bits: some piece differs in <= radius // nhash bits: exact
         f"faiss_multihash_3x21_nflip{radius // 3}": (True, faiss_index(faiss.IndexBinaryMultiHash(64, 3, 21), radius // 3),
@@ -703,8 +726,13 @@ def markdown(r: dict) -> str:
                      f"{pr_cell(held['old_stage']['per_edit'][name])} | {found} |")
     lines.append(f"| **pooled** | {pr_cell(d_t['pooled'])} | {pr_cell(d_h['pooled'])} | "
                  f"{pr_cell(held['old_stage']['pooled'])} | |")
+    fps = held["false_positives"]
     lines += ["", "Each signal alone at its default threshold, pooled recall (held out): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in held["signal_alone"].items()) + "."]
+              ", ".join(f"{k} {v:.3f}" for k, v in held["signal_alone"].items()) + ".", "",
+              (f"The held-out false positives at the defaults, by the signal that found them: "
+               f"{', '.join(f'{k} {v}' for k, v in fps['by_signal'].items())}. The {fps['negative_fps']} from negatives "
+               f"come from {fps['negatives']} distinct negative images, {fps['from_top_6_negatives']} of them from six "
+               "(a negative that meets an eval image under one mild edit meets it under most of the 22).")]
     if "embedding" in cal:
         enc = r["encoder"]
         lines += ["", (f"**Embedding signal (`--embed-checkpoint`)**, encoder: {enc['description']}"
@@ -739,15 +767,15 @@ def markdown(r: dict) -> str:
                  f"from the hash cache {st['rerun_samples_per_cpu_s']:,.0f}; with `--out-shards` (rewriting the kept "
                  f"samples, the old default) {st['rewrite_samples_per_cpu_s']:,.0f}{embed_cell} | "
                  f">= {STAGE_TARGET:,} samples/s |")
-    mih_build = max(ss["methods"]["numpy_mih_21_21_22"]["build_s"] for ss in r["search_speed"].values()
-                    if "numpy_mih_21_21_22" in ss["methods"])
+    mih_build = max(ss["methods"]["numpy_mih"]["build_s"] for ss in r["search_speed"].values()
+                    if "numpy_mih" in ss["methods"])
     lines += [
         "",
         (f"Eval side: {st['eval_variants_per_s']:,.0f} images/s hashed into their {cal['eval_variants']} variants (once "
          f"per eval set, cached). Draft decode vs full decode, bits of difference per image: {hs['draft_vs_full_bits']} "
          f"(both sides use the draft path; simplejpeg and PIL draft mode give identical hashes: "
          f"{hs['draft_pil_equals_simplejpeg']}). Search: recall and exactness checked against brute force on the first "
-         f"300 queries; the stage uses `numpy_mih_21_21_22` (pipeline/dedup/mih.py; build over 1M hashes {mih_build:.2f} s)."),
+         f"300 queries; the stage uses `numpy_mih` (pipeline/dedup/mih.py; build over 1M hashes {mih_build:.2f} s)."),
         "",
         ("pHash distances are (nearly) always even: a pHash has 32 bits set unless DCT coefficients tie with the "
          "median. Some negatives' matches are real: among the 30 closest pairs inside the CIFAR-10 test set about 19 "

@@ -101,6 +101,41 @@ def test_multi_index_hash_equals_brute_force_on_many_hashes(radius):
         mih.MultiIndexHash(db, mih.MAX_RADIUS + 1)
 
 
+@pytest.mark.parametrize("rows", [40, 3_000, 300_000])
+@pytest.mark.parametrize("built, searched", [(8, 8), (8, 6), (8, 3), (6, 6), (6, 0), (2, 2), (0, 0)])
+def test_multi_index_hash_at_any_radius_up_to_its_own_equals_brute_force(rows, built, searched):
+    # every layout `plan` picks (few rows: narrow pieces; many: wide ones, some never probed at small radii), searched
+    # at its own radius or below; planted neighbours at every distance 0..10
+    rng = np.random.default_rng(rows + 10 * built + searched)
+    db = rng.integers(0, 2**63, rows, dtype=np.uint64) * 2 + rng.integers(0, 2, rows, dtype=np.uint64)
+    src = rng.integers(0, rows, 400)
+    near = np.array([int(db[s]) ^ sum(1 << int(b) for b in rng.choice(64, i % 11, replace=False))
+                     for i, s in enumerate(src)], dtype=np.uint64)
+    queries = np.concatenate([near, rng.integers(0, 2**63, 100, dtype=np.uint64)])
+    index = mih.MultiIndexHash(db, built)
+    q, ids, d = index.range_search(queries, searched)
+    brute = np.bitwise_count(queries[:, None] ^ db[None, :])
+    expected = {(i, j, int(brute[i, j])) for i, j in zip(*np.nonzero(brute <= searched))}
+    assert set(zip(q.tolist(), ids.tolist(), d.tolist())) == expected
+    assert len(q) == len(expected)                          # each pair once, however many pieces found it
+    assert sum(1 for i, s in enumerate(src) if i % 11 <= searched) <= len(expected)   # the planted ones at least
+    with pytest.raises(ValueError, match="outside"):
+        index.range_search(queries, built + 1)
+
+
+def test_plan_narrows_the_pieces_for_few_rows_and_spends_flips_where_they_are_cheap():
+    # by hand, from the cost model: 2.2M rows at r=8 need 3 wide pieces of 2 flips each (the plain pigeonhole);
+    # at r=6, (2, 1, 1) suffices (sum >= 6 - 3 + 1); 100k rows at r=8: four 16-bit pieces with 2+1+1+1 flips
+    assert mih.plan(2_200_000, 8) == ((22, 21, 21), (2, 2, 2))
+    assert sorted(mih.plan(2_200_000, 6)[1]) == [1, 1, 2]
+    assert mih.plan(100_000, 8) == ((16, 16, 16, 16), (2, 1, 1, 1))
+    for rows in (10, 10_000, 1_000_000):
+        for radius in range(mih.MAX_RADIUS + 1):
+            widths, budgets = mih.plan(rows, radius)
+            assert sum(widths) == 64 and max(widths) <= mih.MAX_WIDTH
+            assert sum(budgets) >= radius - len(widths) + 1      # the pigeonhole condition: exact recall
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=30), st.lists(st.integers(0, 2**64 - 1), max_size=30),
        st.integers(0, 10))
@@ -243,8 +278,47 @@ def index_of_plain_hashes(hashes: list[int], ids: list[str]) -> dedup.EvalIndex:
     """An eval index whose images have the given pHashes and random (far) other variants."""
     variants = np.random.default_rng(0).integers(0, 2**63, (len(hashes), len(phash.VARIANT_KINDS)), dtype=np.uint64)
     variants[:, 0] = hashes
-    return dedup.EvalIndex(index=dedup.build_binary_index(variants.ravel(), 8), eval_set=["e"] * len(ids),
+    return dedup.EvalIndex(indexes=dedup.index_variants(variants, {"phash": 8}), eval_set=["e"] * len(ids),
                            image_id=ids, label=[0] * len(ids), sha256=[""] * len(ids), variants=variants)
+
+
+@pytest.mark.parametrize("thresholds", [dict(dedup.DEFAULT_THRESHOLDS), {"phash": 8, "crop": 4, "overlay": 2},
+                                        {"frame": 6, "reframe": 8}, {"flip": 10, "rotate": 3}])
+def test_hash_pairs_per_group_index_equals_brute_force_over_the_searched_pairs(thresholds):
+    # 200 eval images of random variants; 300 samples whose plain, frame or centre hash is some variant of some eval
+    # image 0..10 bits off (and random otherwise): every (sample, eval image) pair some searched (shard hash, variant)
+    # pair finds within its signal's threshold, reported as the first such signal, by brute force over all pairs
+    rng = np.random.default_rng(len(thresholds))
+    variants = rng.integers(0, 2**63, (200, len(phash.VARIANT_KINDS)), dtype=np.uint64) * 2 + 1
+    rows = {c: rng.integers(0, 2**63, 300, dtype=np.uint64).tolist() for c in dedup.HASH_COLUMNS}
+    rows["phash_trimmed"] = [h if i % 3 == 1 else None for i, h in enumerate(rows["phash_trimmed"])]
+    for i in range(300):
+        searched = [v for v in range(len(phash.VARIANT_KINDS)) if phash.signal_of(phash.QUERY_KINDS[i % 3], v) in thresholds]
+        if searched:   # a copy of the kind some signal on would find
+            rows[dedup.HASH_COLUMNS[i % 3]][i] = int(variants[i % 200, int(rng.choice(searched))]) ^ sum(
+                1 << int(b) for b in rng.choice(64, i % 11, replace=False))
+    eval_index = dedup.EvalIndex(indexes=dedup.index_variants(variants, thresholds), eval_set=["e"] * 200,
+                                 image_id=[str(i) for i in range(200)], label=[0] * 200, sha256=[""] * 200,
+                                 variants=variants)
+    expected = {}
+    for i in range(300):
+        for k, column in enumerate(dedup.HASH_COLUMNS):
+            if rows[column][i] is None:
+                continue
+            distances = np.bitwise_count(np.uint64(rows[column][i]) ^ variants)        # (eval images, variants)
+            for e, v in zip(*np.nonzero(distances <= 10)):
+                signal, d = phash.signal_of(phash.QUERY_KINDS[k], int(v)), int(distances[e, v])
+                if signal in thresholds and d <= thresholds[signal]:
+                    code = phash.SIGNAL_ORDER.index(signal)
+                    expected[(i, int(e))] = min(expected.get((i, int(e)), (code, d)), (code, d))
+    expected = {pair: (d, phash.SIGNAL_ORDER[c]) for pair, (c, d) in expected.items()}
+    assert dedup.hash_pairs(rows, eval_index, thresholds) == expected
+    assert len(expected) >= 60
+    # each index is searched no wider than the signals that use it need
+    limit = {k: max(thresholds.get(phash.signal_of(q, v) or "", -1) for q in phash.QUERY_KINDS
+                    for v in columns) for k, (columns, _) in eval_index.indexes.items()}
+    assert {k: getattr(index, "radius", None) for k, (_, index) in eval_index.indexes.items()} == \
+        {k: r if r <= mih.MAX_RADIUS else None for k, r in limit.items()}
 
 
 def test_nearest_marks_each_samples_closest_eval_image(planted):

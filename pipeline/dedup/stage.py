@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 
 STAGE = "dedup"
 # bits per hash signal (phash.SIGNAL_ORDER), tuned on the first half of bench/bench_dedup.py's CIFAR-10 edits
-# (`tune`: pooled precision >= 0.99, every single edit's recall >= 0.90, then the best pooled recall); the crops and
-# the re-framed centre pair each shard hash with 18 eval variants, so they take 6 bits (BENCHMARKS.md, dedup)
-DEFAULT_THRESHOLDS = {"phash": 8, "flip": 8, "frame": 8, "crop": 6, "overlay": 8, "rotate": 8, "reframe": 6}
+# (`tune`: pooled precision >= 0.995, every single edit's recall >= 0.92, then the best pooled recall; the held-out
+# half only reports). At 8 bits the whole-image hashes (phash, flip, frame) cost more precision than the recall they
+# add over 6 bits; the crops and the re-framed centre pair each shard hash with 18 eval variants and take 6 too; the
+# centre against the eval centre (overlay) and its rotations keep 8 (BENCHMARKS.md, dedup)
+DEFAULT_THRESHOLDS = {"phash": 6, "flip": 6, "frame": 6, "crop": 6, "overlay": 8, "rotate": 8, "reframe": 6}
 DEFAULT_EMBED_THRESHOLD = 0.998  # cosine; measured in bench/bench_dedup.py for its tiny encoder (module docstring)
 SAMPLES_PER_SHARD = 10_000     # img2dataset's default number_sample_per_shard
 EVAL_DUPLICATE = "eval_duplicate"
@@ -71,12 +73,20 @@ OUT_SHARD_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.string()), ("url"
 
 # ---- step 1: index the eval side --------------------------------------------------------------------------
 
+HASH_COLUMNS = ("phash", "phash_trimmed", "phash_centre")   # the shard cache's columns of phash.QUERY_KINDS
+# signal code of each (shard hash kind, eval variant) pair; -1: that pair is not searched
+SIGNAL_CODE = np.array([[phash.SIGNAL_ORDER.index(s) if (s := phash.signal_of(kind, v)) else -1
+                         for v in range(len(phash.VARIANT_KINDS))] for kind in phash.QUERY_KINDS], dtype=np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalIndex:
-    """Every hashed eval image of every set (entry i: eval_set[i], image_id[i], ...) and one exact Hamming index over
-    all their variant hashes: index row r is variant r % n_variants of entry r // n_variants (`phash.VARIANT_KINDS`).
+    """Every hashed eval image of every set (entry i: eval_set[i], image_id[i], ...) and exact Hamming indexes over
+    their variant hashes (`phash.VARIANT_KINDS`), one per group of variant kinds searched alike (`index_variants`):
+    `indexes[name]` is (the group's columns of `variants`, an index whose row r is column columns[r % len(columns)] of
+    entry r // len(columns)).
     With the embedding signal on, `features` holds entry i's unit feature and `cosine_index` searches them."""
-    index: mih.MultiIndexHash | faiss.IndexBinary
+    indexes: dict[str, tuple[np.ndarray, mih.MultiIndexHash | faiss.IndexBinary]]
     eval_set: list[str]
     image_id: list[str]
     label: list[int]
@@ -87,7 +97,7 @@ class EvalIndex:
 
 
 def build_binary_index(hashes: np.ndarray, threshold: int) -> mih.MultiIndexHash | faiss.IndexBinary:
-    """An index over uint64 hashes that range-searches radius `threshold` with exact recall: multi-index hashing
+    """An index over uint64 hashes that range-searches radius <= `threshold` with exact recall: multi-index hashing
     (pipeline/dedup/mih.py) up to 8 bits, faiss' linear scan above (more flips cost more than scanning the eval side)."""
     if threshold <= mih.MAX_RADIUS:
         return mih.MultiIndexHash(hashes, threshold)
@@ -96,23 +106,63 @@ def build_binary_index(hashes: np.ndarray, threshold: int) -> mih.MultiIndexHash
     return index
 
 
-def build_eval_index(tables: dict[str, pa.Table], radius: int,
+def describe_index(index: mih.MultiIndexHash | faiss.IndexBinary) -> str:
+    """The manifest's name of an index: its class, rows and (multi-index hashing) radius and piece widths."""
+    if isinstance(index, mih.MultiIndexHash):
+        return f"MultiIndexHash({index.ntotal} rows, r<={index.radius}, pieces {index.widths})"
+    return f"{type(index).__name__}({index.ntotal} rows)"
+
+
+def search_radius(query_kind: int, columns: np.ndarray, limit: np.ndarray) -> int:
+    """The largest threshold among the signals that pair shard hash `query_kind` with these variant columns (-1: none
+    is on); `limit` holds each signal's threshold in `phash.SIGNAL_ORDER` order (-1: off)."""
+    codes = SIGNAL_CODE[query_kind][columns]
+    return int(limit[codes[codes >= 0]].max(initial=-1))
+
+
+def index_variants(variants: np.ndarray, thresholds: dict[str, int]
+                   ) -> dict[str, tuple[np.ndarray, mih.MultiIndexHash | faiss.IndexBinary]]:
+    """Exact indexes over the (entries, n_variants) hashes' columns, one per group of eval variant kinds that the same
+    shard hashes search at the same radius (the largest threshold of the signals pairing them; "centre+rotate" by
+    default), built for that radius; kinds no signal on searches get none. Searching each kind at its own signals'
+    threshold (crops at 6 bits, not 8) and in its own smaller index costs a fraction of one search of every variant
+    at the largest threshold (BENCHMARKS.md, dedup at ImageNet size)."""
+    limit = np.array([thresholds.get(s, -1) for s in phash.SIGNAL_ORDER], dtype=np.int64)
+    kinds = np.array(phash.VARIANT_KINDS)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for kind in dict.fromkeys(phash.VARIANT_KINDS):
+        radii = tuple(search_radius(k, np.flatnonzero(kinds == kind), limit) for k in range(len(phash.QUERY_KINDS)))
+        if max(radii) >= 0:
+            groups.setdefault(radii, []).append(kind)
+    out = {}
+    for radii, group in groups.items():
+        columns = np.flatnonzero(np.isin(kinds, group))
+        out["+".join(group)] = (columns, build_binary_index(np.ascontiguousarray(variants[:, columns]).ravel(),
+                                                            max(radii)))
+    return out
+
+
+def build_eval_index(tables: dict[str, pa.Table], thresholds: dict[str, int],
                      features: dict[str, dict[str, np.ndarray]] | None = None, dim: int = 0) -> EvalIndex:
-    """One index over the variant hashes of the readable images of all eval sets (unreadable ones are left out and
-    counted); with `features` ({set: {image_id: unit feature}}), a cosine index over the same entries as well."""
-    cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": [], "variants": []}
+    """The indexes over the variant hashes of the readable images of all eval sets for these per-signal thresholds
+    (unreadable ones are left out and counted); with `features` ({set: {image_id: unit feature}}), a cosine index
+    over the same entries as well."""
+    cols: dict[str, list] = {"eval_set": [], "image_id": [], "label": [], "sha256": []}
+    parts = []
     for name, table in tables.items():
-        ok = table.filter(pc.equal(table["status"], phash.OK)).to_pydict()
-        cols["eval_set"] += [name] * len(ok["image_id"])
-        for c in ("image_id", "label", "sha256", "variants"):
-            cols[c] += ok[c]
-    variants = np.array(cols.pop("variants"), dtype=np.uint64).reshape(-1, len(phash.VARIANT_KINDS))
+        ok = table.filter(pc.equal(table["status"], phash.OK))
+        cols["eval_set"] += [name] * ok.num_rows
+        for c in ("image_id", "label", "sha256"):
+            cols[c] += ok[c].to_pylist()
+        # straight from arrow: a list of 2.2M Python ints (ImageNet x 44) would cost a second
+        parts.append(pc.list_flatten(ok["variants"]).to_numpy().astype(np.uint64, copy=False))
+    variants = np.concatenate(parts).reshape(-1, len(phash.VARIANT_KINDS))
     embedded = {}
     if features is not None:
         rows = np.concatenate([embed.stack([i for s, i in zip(cols["eval_set"], cols["image_id"]) if s == name],
                                            features[name], dim) for name in tables])
         embedded = {"features": rows, "cosine_index": embed.build_cosine_index(rows)}
-    return EvalIndex(index=build_binary_index(variants.ravel(), radius), variants=variants, **cols, **embedded)
+    return EvalIndex(indexes=index_variants(variants, thresholds), variants=variants, **cols, **embedded)
 
 
 def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarray,
@@ -122,7 +172,7 @@ def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarr
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     if isinstance(index, mih.MultiIndexHash):
-        return index.range_search(hashes)
+        return index.range_search(hashes, threshold)
     lims, distances, ids = index.range_search(phash.to_binary_codes(hashes), threshold + 1)
     queries = np.repeat(np.arange(len(hashes)), np.diff(lims).astype(np.int64))
     return queries, ids.astype(np.int64), distances.astype(np.int64)
@@ -130,35 +180,31 @@ def range_search(index: mih.MultiIndexHash | faiss.IndexBinary, hashes: np.ndarr
 
 # ---- step 2: filter the shards -------------------------------------------------------------------------
 
-HASH_COLUMNS = ("phash", "phash_trimmed", "phash_centre")   # the shard cache's columns of phash.QUERY_KINDS
-# signal code of each (shard hash kind, eval variant) pair; -1: that pair is not searched
-SIGNAL_CODE = np.array([[phash.SIGNAL_ORDER.index(s) if (s := phash.signal_of(kind, v)) else -1
-                         for v in range(len(phash.VARIANT_KINDS))] for kind in phash.QUERY_KINDS], dtype=np.int64)
-
 
 def hash_pairs(rows: dict[str, list], eval_index: EvalIndex, thresholds: dict[str, int]) -> dict[tuple[int, int], tuple]:
     """(sample row, eval entry) -> (distance, signal) over every searched (shard hash, eval variant) pair
     (`phash.SIGNALS`) within its signal's threshold: the first signal of `phash.SIGNAL_ORDER` that found the pair
-    (a plain copy is reported as `phash` even where its centre hashes happen to be closer), at its closest."""
+    (a plain copy is reported as `phash` even where its centre hashes happen to be closer), at its closest. Each shard
+    hash searches each variant kind's index at the largest threshold of the signals pairing them, then each pair
+    found is held to its own signal's threshold."""
     limit = np.array([thresholds.get(s, -1) for s in phash.SIGNAL_ORDER], dtype=np.int64)
-    row_of, kind_of, hashes = [], [], []
+    found = []   # (sample row, eval entry, signal code, distance) arrays
     for k, column in enumerate(HASH_COLUMNS):
-        if not (limit[SIGNAL_CODE[k][SIGNAL_CODE[k] >= 0]] >= 0).any():
-            continue   # every signal of this hash is off: do not search it
         present = [(i, h) for i, h in enumerate(rows[column]) if h is not None]
-        row_of += [i for i, _ in present]
-        kind_of += [k] * len(present)
-        hashes += [h for _, h in present]
-    radius = max(thresholds.values(), default=-1)
-    if radius < 0 or not hashes:
-        return {}
-    q, hit, dist = range_search(eval_index.index, np.array(hashes, dtype=np.uint64), radius)
-    n_variants = eval_index.variants.shape[1]
-    code = SIGNAL_CODE[np.array(kind_of, dtype=np.int64)[q], hit % n_variants]
-    keep = (code >= 0) & (dist <= limit[np.maximum(code, 0)])
+        if not present:
+            continue
+        row_of = np.array([i for i, _ in present], dtype=np.int64)
+        hashes = np.array([h for _, h in present], dtype=np.uint64)
+        for columns, index in eval_index.indexes.values():
+            radius = search_radius(k, columns, limit)
+            if radius < 0:
+                continue   # every signal of this (shard hash, variant kind) pair is off: not searched
+            q, hit, dist = range_search(index, hashes, radius)
+            code = SIGNAL_CODE[k][columns[hit % len(columns)]]
+            keep = (code >= 0) & (dist <= limit[np.maximum(code, 0)])
+            found.append((row_of[q[keep]], hit[keep] // len(columns), code[keep], dist[keep]))
     best: dict[tuple[int, int], tuple[int, int]] = {}
-    for r, e, d, c in zip(np.array(row_of)[q[keep]].tolist(), (hit[keep] // n_variants).tolist(),
-                          dist[keep].tolist(), code[keep].tolist()):
+    for r, e, c, d in zip(*(np.concatenate(a).tolist() for a in zip(*found))) if found else ():
         best[(r, e)] = min(best.get((r, e), (c, d)), (c, d))
     return {pair: (d, phash.SIGNAL_ORDER[c]) for pair, (c, d) in best.items()}
 
@@ -372,10 +418,10 @@ def run(argv: list[str] | None = None) -> dict:
     eval_features = None
     if encoder is not None:
         eval_features = {s.name: embed.eval_features(s, encoder, cache) for s in eval_sets}
-    eval_index = build_eval_index(eval_tables, max(args.thresholds.values(), default=0), eval_features,
-                                  encoder.dim if encoder else 0)
+    eval_index = build_eval_index(eval_tables, args.thresholds, eval_features, encoder.dim if encoder else 0)
     log.info("indexed %d eval images from %d set(s) as %d hashes%s", len(eval_index.image_id), len(eval_sets),
-             eval_index.index.ntotal, f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
+             sum(index.ntotal for _, index in eval_index.indexes.values()),
+             f", embedding signal on (cosine >= {args.embed_threshold})" if encoder else "")
 
     decisions, dropped, shard_errors = [], [], {}
     rejected: collections.Counter = collections.Counter()
@@ -416,7 +462,8 @@ def run(argv: list[str] | None = None) -> dict:
         settings={"threshold": max(args.thresholds.values(), default=None), "thresholds": args.thresholds,
                   "draft": args.draft, "draft_size": phash.DRAFT_SIZE,
                   "hash": f"imagehash.phash 64-bit v{phash.HASH_VERSION}", "samples_per_shard": args.samples_per_shard,
-                  "workers": args.workers, "index": type(eval_index.index).__name__, "out_shards": args.out_shards,
+                  "workers": args.workers, "index": {kind: describe_index(index) for kind, (_, index) in
+                                                      eval_index.indexes.items()}, "out_shards": args.out_shards,
                   **embedding_settings},
         inputs=[file_info(s, checksum=False) for s in shards] +
                [{"eval_set": s.name, "path": s.path, "layout": s.layout} for s in eval_sets],
