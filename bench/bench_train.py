@@ -17,7 +17,9 @@ the loader back to back; the table gives medians and the median of the per-round
                  costs when it runs on the CPU instead (ms per sample, one thread): why CPU training
                  resizes in the loader;
   - cores per GPU: 1,500 and 2,500 samples/s (the ViT-B/32 target, and headroom) / the loader's rate;
-  - loader xN:   the DataLoader with N workers, wall-clock samples/s;
+  - loader xN:   the DataLoader with N workers, both ways, wall-clock samples/s and samples per CPU-second
+                 of the workers (this includes what the in-process rate leaves out: handing each batch
+                 over in shared memory, which is zero-filled when allocated);
   - training:    `train.train.main` for a few steps; samples/s and the share of step time spent waiting for
                  data, from its metrics.jsonl (intervals after the first third: compile and start-up excluded).
 CPU mode (default) trains the tiny config on 64 px shards; `--device cuda --config train/configs/vit_b32.json
@@ -40,6 +42,7 @@ import logging
 import math
 import os
 import random
+import resource
 import statistics
 import tarfile
 import tempfile
@@ -112,12 +115,17 @@ def time_device_op_on_cpu(urls: list[str], data_cfg, image_size: int, context: i
 
 
 def time_dataloader(urls: list[str], data_cfg, image_size: int, context: int) -> dict:
+    """Wall-clock samples/s of the DataLoader, and samples per CPU-second of its worker processes (their
+    start, tokenizer build and shared-memory hand-over included; counted when they exit)."""
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     samples, wall0 = 0, time.perf_counter()
     for batch in make_loader(urls, data_cfg, image_size, context, seed=0, epoch=0):
         samples += len(batch["keys"])
     wall = time.perf_counter() - wall0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_cpu = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"samples": samples, "wall_s": round(wall, 2), "samples_per_s": round(samples / wall, 1),
-            "workers": data_cfg.workers}
+            "workers": data_cfg.workers, "samples_per_worker_cpu_s": round(samples / max(worker_cpu, 1e-9), 1)}
 
 
 def rates(samples: int, wall: float, cpu: float) -> dict:
@@ -195,6 +203,8 @@ def loader_suite(urls: list[str], image_size: int, context: int, workers: int, r
     data_cfg = config_lib.DataCfg(batch_size=256, workers=workers, shuffle_buffer=1_000, shuffle_initial=100,
                                   resize="device")
     result["loader_workers"] = time_dataloader(urls, data_cfg, image_size, context)
+    result["loader_resizing_workers"] = time_dataloader(urls, dataclasses.replace(data_cfg, resize="loader"),
+                                                        image_size, context)
     return result
 
 
@@ -275,10 +285,14 @@ def loader_rows(r: dict) -> str:
             ("previous image path (PIL decode + PIL resize with box + stack; no tokenizer)", r["previous_loader"],
              f"{r['previous_loader'] / pil:.2f}")]
     lines = [f"| {name} | {rate:,.0f} | {ratio} |" for name, rate, ratio in rows]
-    if "loader_workers" in r:
-        w = r["loader_workers"]
-        lines.append(f"| loader, DataLoader, {w['workers']} worker process(es) (wall clock) "
-                     f"| {w['samples_per_s']:,.0f} | |")
+    for key, what in (("loader_workers", "loader as a GPU run uses it"),
+                      ("loader_resizing_workers", "loader resizing")):
+        if key in r:
+            w = r[key]
+            per_cpu = (f"; {w['samples_per_worker_cpu_s']:,.0f} per worker CPU-second"
+                       if "samples_per_worker_cpu_s" in w else "")
+            lines.append(f"| {what}, DataLoader, {w['workers']} worker process(es) (wall clock{per_cpu}) "
+                         f"| {w['samples_per_s']:,.0f} | |")
     cores = ", ".join(f"{int(rate):,} samples/s: {n} cores" for rate, n in r["cores_per_gpu"].items())
     device_op = (f" The device's batched crop + resize + normalise (`to_model_input` with boxes), run on this CPU "
                  f"instead (one thread): {r['device_op_cpu_ms_per_sample']:.1f} ms per sample, so CPU training "

@@ -5,14 +5,16 @@ sample), as `pipeline.common.files.expand` lists them: local paths or a folder o
 (`s3://`, `gs://`, `hf://`), `pipe:` commands or http(s) URLs, brace patterns (`shards/x/{00000..00099}.tar`),
 `::` between several specs.
 Out: dicts `{"images": uint8 (n, 3, s, s), "texts": int64 (n, context), "keys": [...], "skipped": {...}}`
-(a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`).
-Images stay uint8 until they reach the device (`to_model_input`): a quarter of the bytes through the
-worker queues and pinned memory, and the normalisation runs on the GPU.
+(a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`);
+where the device resizes (`DataCfg.resize`, on CUDA by default) "images" are the unresized crops on a uint8
+canvas (n, 3, h, w), with "boxes" float (n, 4) and "size" s. Images stay uint8 until they reach the device
+(`to_model_input`): a quarter of the bytes through the worker queues and pinned memory, and the
+normalisation (and there the crop's resize) runs on the GPU.
 
 The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
-  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop into the batch's block
-  + tokenize.
+  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop (resized into the
+  batch's block, or copied unresized onto its canvas for the device) + tokenize.
 Excluded uids (`--exclude`: the `dedup` stage's decisions, eval-set near-duplicates) are dropped before the
 shuffle buffer, so they are never decoded, and counted per worker like the corrupt samples (`skipped["excluded"]`).
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
@@ -66,15 +68,22 @@ from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 # (`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
 # install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
 # simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
-# uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+# antialiased bicubic (PIL's filter). Where that resize runs is `DataCfg.resize`: in the loader, torch's uint8
+# kernel straight into the batch (`decode_into_batches`); or on the device (the default on CUDA), where
+# `to_model_input` resizes the whole batch's crops in one op (`resize_boxes`: two batched matmuls with the
+# same filter's weights, within 1.1 grey levels of the loader's uint8 result, mean ~0.2, tested). Crops
+# wider or taller than `largest_crop` (344 px for a 224 px model: every crop of the shards stage's 256 px
+# images fits) are resized in the loader either way, so sources of any size work at the old cost.
 #
-# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
-# BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
-# both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
-# faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
-# tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
-# PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
-# not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
+# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-04, per core;
+# BENCHMARKS.md has the current table): tar reading ~0.12 ms, JPEG decode ~0.3-0.4 ms (about PIL's own
+# decode: both are libjpeg-turbo), the bicubic resize in the loader ~0.35 ms, first writes into each new
+# batch block ~0.1-0.2 ms (page faults; in a DataLoader worker shared memory is also zero-filled when it is
+# allocated, ~0.5 ms per MB here, which is why the device path's canvas is sized to the batch's largest crop,
+# not to a fixed 344 px), tokenizing and the rest ~0.1 ms. Resizing on the device takes the resize off the
+# loader's CPU: the loader runs at ~0.8-1.0x a bare PIL decode here (resizing in the loader: ~0.55-0.65x;
+# the PIL-resize path before issue 19: ~0.3x). The device op costs a GPU almost nothing (~0.3 GFLOP per
+# 224 px sample) but ~9-13 ms per sample on one CPU core, so CPU training resizes in the loader.
 
 log = logging.getLogger(__name__)
 
@@ -367,17 +376,21 @@ def resize_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     H2D copy of the uint8 canvas is the larger cost) and need no per-sample launches. On the CPU the same
     op costs several ms per sample (bench_train measures it): CPU training resizes in the loader instead
     (`DataCfg.resize`). The result is the filter's exact value clamped to 0..255, not rounded to uint8 as the
-    loader's kernel does (it also rounds between its two passes): within ~1 level of it (tested); under
-    CUDA's TF32 matmuls (the trainer enables them) a few tenths of a level more, below what bf16 autocast
-    rounds the model's input to anyway.
+    loader's kernel does (it also rounds between its two passes): within 1.1 levels of it, mean ~0.2 (tested);
+    CUDA's TF32 matmuls (the trainer enables them) add at most ~0.25 of a level (TF32 rounding emulated on
+    noise images: max 0.24, mean 0.03), below what bf16 autocast rounds the model's input to anyway.
     """
-    height, width = images.shape[2:]
+    n, channels, height, width = images.shape
     boxes = boxes.to(torch.float32)
     wy = box_resize_weights(boxes[:, 1], boxes[:, 3], size, height)   # (n, size, height)
     wx = box_resize_weights(boxes[:, 0], boxes[:, 2], size, width)    # (n, size, width)
-    # rows first, clamped to 0..255 in between as the loader's kernel does (its first pass stores uint8)
-    rows = torch.matmul(images.to(torch.float32), wx.transpose(1, 2).unsqueeze(1)).clamp_(0, 255)
-    return torch.matmul(wy.unsqueeze(1), rows).clamp_(0, 255)
+    # rows first, clamped to 0..255 in between as the loader's kernel does (its first pass stores uint8);
+    # plain bmm on (n, channels * h, w) and (n, h, channels * size): no weight matrix copied per channel
+    x = images.to(torch.float32).reshape(n, channels * height, width)
+    rows = torch.bmm(x, wx.transpose(1, 2)).clamp_(0, 255).view(n, channels, height, size)
+    rows = rows.transpose(1, 2).reshape(n, height, channels * size)
+    out = torch.bmm(wy, rows).clamp_(0, 255).view(n, size, channels, size)
+    return out.permute(0, 2, 1, 3).contiguous()
 
 
 def box_resize_weights(start: torch.Tensor, end: torch.Tensor, size: int, length: int) -> torch.Tensor:
