@@ -150,15 +150,23 @@ def shards(tmp_path_factory):
     return expand(f"{out}/{{00000..00002}}.tar", ".tar")
 
 
-def previous_pipeline(urls, size, seed, epoch, bufsize, initial):
-    """(key, image) in the order the earlier loader gave them: the same stages, decoded the old way."""
+def previous_pipeline(urls, size, seed, epoch, bufsize, initial, transform=previous_transform):
+    """(key, image) in the order the earlier loader gave them: the same stages, decoded the old way
+    (or what `transform(data, size, scale, rng)` makes of each image)."""
     skips = SkipCounter("raise")
     samples = shuffle_samples(tar_to_samples([{"url": u} for u in urls], skips.handler), bufsize, initial, seed,
                               epoch)
     rng = worker_rng(seed, epoch, "augment")
     for sample in samples:
         data, _ = sample_image_and_caption(sample)
-        yield sample["__key__"], previous_transform(data, size, (0.9, 1.0), rng)
+        yield sample["__key__"], transform(data, size, (0.9, 1.0), rng)
+
+
+def previous_box_size(data: bytes, size: int, scale, rng: random.Random) -> tuple[int, int]:
+    """(width, height) of the crop the earlier loader drew (PIL decode at the draft scale, the same draws)."""
+    image = open_rgb(data, math.ceil(size / 0.8))
+    left, top, right, bottom = random_resized_crop_box(*image.size, scale, rng)
+    return right - left, bottom - top
 
 
 def test_loader_gives_the_previous_samples_in_the_previous_order(shards):
@@ -213,7 +221,8 @@ def test_box_resize_of_an_exact_size_box_is_the_box():
 def test_box_resize_of_a_constant_and_of_a_ramp_gives_known_pixels():
     constant = torch.full((1, 3, 20, 30), 77.0)
     for box in ([0, 0, 30, 20], [3, 1, 25, 18], [10, 10, 12, 13]):   # shrink, shrink, enlarge
-        assert torch.allclose(resize_boxes(constant, torch.tensor([box], dtype=torch.float32), 8), constant[:, :, :8, :8])
+        out = resize_boxes(constant, torch.tensor([box], dtype=torch.float32), 8)
+        assert torch.allclose(out, constant[:, :, :8, :8])
     # pixel j holds 10 j (its centre at j + 0.5); box columns 4..20 resized to 8: output i samples the
     # centre 4 + 2 (i + 0.5); the cubic (a = -0.5), stretched to 4 px on each side, reproduces a linear ramp
     # exactly where it stays inside the box: i = 2..5 -> 10 (4 + 2 (i + 0.5) - 0.5) = 45 + 20 i
@@ -311,7 +320,7 @@ def test_device_resized_batches_hold_the_same_samples_crops_and_captions(shards,
     for b in loader:
         x = to_model_input(b["images"], "cpu")
         by_key.update({k: (x[i], b["texts"][i]) for i, k in enumerate(b["keys"])})
-    expected = {k: box[2:] for k, box in previous_boxes(shards, 48, seed=5, epoch=1, bufsize=10, initial=3)}
+    expected = dict(previous_pipeline(shards, 48, seed=5, epoch=1, bufsize=10, initial=3, transform=previous_box_size))
     for b in device:
         assert b["size"] == 48 and b["images"].dtype == torch.uint8 and b["boxes"].shape == (len(b["keys"]), 4)
         x = to_model_input(b["images"], "cpu", b["boxes"], b["size"])
@@ -322,15 +331,3 @@ def test_device_resized_batches_hold_the_same_samples_crops_and_captions(shards,
             if workers == 0:   # (with 2 workers, each draws from its own generator)
                 width, height = expected[key]
                 assert b["boxes"][i].tolist() == [0, 0, width, height]
-
-
-def previous_boxes(urls, size, seed, epoch, bufsize, initial):
-    """(key, (left, top, width, height)) of each sample's crop as the earlier loader drew them."""
-    skips = SkipCounter("raise")
-    samples = shuffle_samples(tar_to_samples([{"url": u} for u in urls], skips.handler), bufsize, initial, seed,
-                              epoch)
-    rng = worker_rng(seed, epoch, "augment")
-    for sample in samples:
-        image = open_rgb(sample_image_and_caption(sample)[0], math.ceil(size / 0.8))
-        left, top, right, bottom = random_resized_crop_box(*image.size, (0.9, 1.0), rng)
-        yield sample["__key__"], (left, top, right - left, bottom - top)

@@ -402,7 +402,8 @@ def box_resize_weights(start: torch.Tensor, end: torch.Tensor, size: int, length
     """
     scale = ((end - start) / size).view(-1, 1, 1)
     stretch = scale.clamp(min=1.0)
-    centre = start.view(-1, 1, 1) + (torch.arange(size, device=start.device, dtype=torch.float32).view(1, -1, 1) + 0.5) * scale
+    out = torch.arange(size, device=start.device, dtype=torch.float32).view(1, -1, 1)
+    centre = start.view(-1, 1, 1) + (out + 0.5) * scale
     pixel = torch.arange(length, device=start.device, dtype=torch.float32).view(1, 1, -1)
     d = ((pixel + 0.5 - centre) / stretch).abs()
     a = -0.5
