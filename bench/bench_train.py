@@ -7,11 +7,19 @@ the loader back to back; the table gives medians and the median of the per-round
   - raw tar:     read every member's bytes with `tarfile` (I/O + tar parsing, one core);
   - pil_decode:  the same plus a full PIL decode to RGB (the reference the design names);
   - previous:    the loader's image path before issue 19 (PIL resize), for the before/after in one run;
-  - loader:      train/data.py's pipeline in-process (tar -> shuffle -> decode + random resized crop to
-                 --image-size (224) -> batch + tokenize), one thread, as in a DataLoader worker; rates are
-                 samples per CPU-second of the process, so per core;
+  - loader:      train/data.py's pipeline as a GPU run uses it (`data.resize` "device"), in-process (tar ->
+                 shuffle -> decode + draw the random resized crop for --image-size (224), crop copied onto
+                 the batch's uint8 canvas -> batch + tokenize), one thread, as in a DataLoader worker; rates
+                 are samples per CPU-second of the process, so per core;
+  - resize in loader: the same pipeline as CPU training uses it (`data.resize` "loader": the crop resized to
+                 --image-size in the loader, torch's uint8 antialiased bicubic);
+  - device op on CPU: what the GPU run's batched crop + resize + normalise (`to_model_input` with boxes)
+                 costs when it runs on the CPU instead (ms per sample, one thread): why CPU training
+                 resizes in the loader;
   - cores per GPU: 1,500 and 2,500 samples/s (the ViT-B/32 target, and headroom) / the loader's rate;
-  - loader xN:   the DataLoader with N workers, wall-clock samples/s;
+  - loader xN:   the DataLoader with N workers, both ways, wall-clock samples/s and samples per CPU-second
+                 of the workers (this includes what the in-process rate leaves out: handing each batch
+                 over in shared memory, which is zero-filled when allocated);
   - training:    `train.train.main` for a few steps; samples/s and the share of step time spent waiting for
                  data, from its metrics.jsonl (intervals after the first third: compile and start-up excluded).
 CPU mode (default) trains the tiny config on 64 px shards; `--device cuda --config train/configs/vit_b32.json
@@ -26,12 +34,15 @@ Run: make bench   or   python -m bench.bench_train [--loader-only] [--image-size
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
 import os
 import random
+import resource
 import statistics
 import tarfile
 import tempfile
@@ -49,7 +60,7 @@ from demo.synthetic import write_shards
 from pipeline.common.files import expand
 from pipeline.common.images import open_rgb
 from pipeline.common.logs import setup_logging
-from train.data import SkipCounter, make_loader, make_pipeline, random_resized_crop_box, tar_to_samples
+from train.data import SkipCounter, make_loader, make_pipeline, random_resized_crop_box, tar_to_samples, to_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SAMPLES_PER_GPU = 1_500   # DESIGN.md: ViT-B/32 bf16 per H100
@@ -87,13 +98,34 @@ def time_loader(urls: list[str], data_cfg, image_size: int, context: int) -> dic
         torch.set_num_threads(threads)
 
 
+def time_device_op_on_cpu(urls: list[str], data_cfg, image_size: int, context: int, batches: int = 2) -> dict:
+    """ms per sample of `to_model_input` with boxes (crop + resize + normalise) on the CPU, one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        samples, cpu = 0, 0.0
+        for batch in itertools.islice(make_pipeline(urls, data_cfg, image_size, context, seed=0, epoch=0), batches):
+            cpu0 = time.process_time()
+            to_model_input(batch["images"], "cpu", batch["boxes"], batch["size"])
+            cpu += time.process_time() - cpu0
+            samples += len(batch["keys"])
+        return {"samples": samples, "cpu_s": round(cpu, 2), "ms_per_sample": round(1000 * cpu / samples, 2)}
+    finally:
+        torch.set_num_threads(threads)
+
+
 def time_dataloader(urls: list[str], data_cfg, image_size: int, context: int) -> dict:
+    """Wall-clock samples/s of the DataLoader, and samples per CPU-second of its worker processes (their
+    start, tokenizer build and shared-memory hand-over included; counted when they exit)."""
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     samples, wall0 = 0, time.perf_counter()
     for batch in make_loader(urls, data_cfg, image_size, context, seed=0, epoch=0):
         samples += len(batch["keys"])
     wall = time.perf_counter() - wall0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_cpu = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"samples": samples, "wall_s": round(wall, 2), "samples_per_s": round(samples / wall, 1),
-            "workers": data_cfg.workers}
+            "workers": data_cfg.workers, "samples_per_worker_cpu_s": round(samples / max(worker_cpu, 1e-9), 1)}
 
 
 def rates(samples: int, wall: float, cpu: float) -> dict:
@@ -139,27 +171,40 @@ def time_previous_loader(urls: list[str], image_size: int) -> dict:
 
 
 def loader_per_core(urls: list[str], image_size: int, context: int, rounds: int = 3) -> dict:
-    """Interleaved rounds of (raw tar, raw + PIL decode, loader, previous path); medians, median per-round ratio."""
-    data_cfg = config_lib.DataCfg(batch_size=256, workers=0, shuffle_buffer=1_000, shuffle_initial=100)
-    runs = {"raw_tar": [], "pil_decode": [], "loader": [], "previous_loader": []}
+    """Interleaved rounds of (raw tar, raw + PIL decode, loader, loader resizing, previous path); medians, the
+    median per-round ratios; then the device op's cost on the CPU."""
+    data_cfg = config_lib.DataCfg(batch_size=256, workers=0, shuffle_buffer=1_000, shuffle_initial=100, resize="device")
+    cpu_cfg = dataclasses.replace(data_cfg, resize="loader")
+    runs = {"raw_tar": [], "pil_decode": [], "loader": [], "loader_resizing": [], "previous_loader": []}
     for _ in range(rounds):
         runs["raw_tar"].append(time_raw(urls, decode=False))
         runs["pil_decode"].append(time_raw(urls, decode=True))
         runs["loader"].append(time_loader(urls, data_cfg, image_size, context))
+        runs["loader_resizing"].append(time_loader(urls, cpu_cfg, image_size, context))
         runs["previous_loader"].append(time_previous_loader(urls, image_size))
     per_core = {name: statistics.median(r["samples_per_cpu_s"] for r in rs) for name, rs in runs.items()}
-    ratios = [lo["samples_per_cpu_s"] / pil["samples_per_cpu_s"] for lo, pil in zip(runs["loader"], runs["pil_decode"])]
+
+    def ratio(name: str) -> list[float]:
+        return [lo["samples_per_cpu_s"] / pil["samples_per_cpu_s"] for lo, pil in zip(runs[name], runs["pil_decode"])]
+
+    ratios, resizing = ratio("loader"), ratio("loader_resizing")
+    device_op = time_device_op_on_cpu(urls, data_cfg, image_size, context)
     return {"image_size": image_size, "samples": runs["loader"][0]["samples"], "rounds": rounds, **per_core,
             "loader_vs_pil_decode": round(statistics.median(ratios), 3),
             "ratio_per_round": [round(r, 3) for r in ratios],
+            "loader_resizing_vs_pil_decode": round(statistics.median(resizing), 3),
+            "device_op_cpu_ms_per_sample": device_op["ms_per_sample"],
             "cores_per_gpu": {str(rate): round(rate / per_core["loader"], 1)
                               for rate in (TARGET_SAMPLES_PER_GPU, HEADROOM_SAMPLES_PER_GPU)}}
 
 
 def loader_suite(urls: list[str], image_size: int, context: int, workers: int, rounds: int = 3) -> dict:
     result = loader_per_core(urls, image_size, context, rounds)
-    data_cfg = config_lib.DataCfg(batch_size=256, workers=workers, shuffle_buffer=1_000, shuffle_initial=100)
+    data_cfg = config_lib.DataCfg(batch_size=256, workers=workers, shuffle_buffer=1_000, shuffle_initial=100,
+                                  resize="device")
     result["loader_workers"] = time_dataloader(urls, data_cfg, image_size, context)
+    result["loader_resizing_workers"] = time_dataloader(urls, dataclasses.replace(data_cfg, resize="loader"),
+                                                        image_size, context)
     return result
 
 
@@ -231,22 +276,33 @@ def loader_rows(r: dict) -> str:
     pil = r["pil_decode"]
     rows = [("raw `tarfile` read (reference)", r["raw_tar"], ""),
             ("raw read + PIL decode to RGB (reference)", pil, "1.00"),
-            (f"loader: decode + random resized crop to {r['image_size']} px + batch + tokenize", r["loader"],
+            (f"loader as a GPU run uses it: decode + random resized crop box, crop onto the uint8 canvas + batch + "
+             f"tokenize (resized to {r['image_size']} px on the device)", r["loader"],
              f"**{r['loader_vs_pil_decode']:.2f}** (target >= {TARGET_LOADER_RATIO})"),
+            *([(f"loader as CPU training uses it: crop resized to {r['image_size']} px in the loader (torch uint8 "
+                "antialiased bicubic)", r["loader_resizing"], f"{r['loader_resizing_vs_pil_decode']:.2f}")]
+              if "loader_resizing" in r else []),
             ("previous image path (PIL decode + PIL resize with box + stack; no tokenizer)", r["previous_loader"],
              f"{r['previous_loader'] / pil:.2f}")]
     lines = [f"| {name} | {rate:,.0f} | {ratio} |" for name, rate, ratio in rows]
-    if "loader_workers" in r:
-        w = r["loader_workers"]
-        lines.append(f"| loader, DataLoader, {w['workers']} worker process(es) (wall clock) "
-                     f"| {w['samples_per_s']:,.0f} | |")
+    for key, what in (("loader_workers", "loader as a GPU run uses it"),
+                      ("loader_resizing_workers", "loader resizing")):
+        if key in r:
+            w = r[key]
+            per_cpu = (f"; {w['samples_per_worker_cpu_s']:,.0f} per worker CPU-second"
+                       if "samples_per_worker_cpu_s" in w else "")
+            lines.append(f"| {what}, DataLoader, {w['workers']} worker process(es) (wall clock{per_cpu}) "
+                         f"| {w['samples_per_s']:,.0f} | |")
     cores = ", ".join(f"{int(rate):,} samples/s: {n} cores" for rate, n in r["cores_per_gpu"].items())
+    device_op = (f" The device's batched crop + resize + normalise (`to_model_input` with boxes), run on this CPU "
+                 f"instead (one thread): {r['device_op_cpu_ms_per_sample']:.1f} ms per sample, so CPU training "
+                 "resizes in the loader (`data.resize` auto)." if "device_op_cpu_ms_per_sample" in r else "")
     below = (f" Below the {TARGET_LOADER_RATIO}x target: train/data.py's docstring says where the time goes."
              if r["loader_vs_pil_decode"] < TARGET_LOADER_RATIO else "")
     return "\n".join(["| what | samples/s per core | vs PIL decode |", "|---|---:|---|", *lines, "",
                       f"Median of {r['rounds']} interleaved rounds over {r['samples']:,} samples (per-round ratios "
                       f"{', '.join(f'{x:.2f}' for x in r['ratio_per_round'])}). Cores per GPU for the loader at this "
-                      f"rate: {cores}.{below}"])
+                      f"rate: {cores}.{below}{device_op}"])
 
 
 def markdown(results: dict) -> str:

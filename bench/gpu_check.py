@@ -11,7 +11,8 @@ One call on one GPU, under 10 minutes (an H200: ~5), writing its figures to OUT/
   4. correctness: 50 steps stopped at 25 (checkpoint) and resumed: the checkpoint holds step 25, the resumed
      run ends at 50 with one metrics line per interval (none twice), and the loss falls.
 Exit status 0 when the correctness checks pass; the throughput targets are reported, not enforced.
-`--device cpu --smoke` runs the same steps on the tiny config for a few steps (the test suite runs it).
+`--device cpu --smoke` runs the same steps on the tiny config for a few steps, the crops resized on the device as
+on a GPU (the test suite runs it).
 `--record FILE` merges a gpu_check.json into bench/results/train.json and rewrites BENCHMARKS.md's train and
 projection sections (run it where the repository is, after the GPU run).
 
@@ -51,13 +52,17 @@ PLANS = {
                         "lr": 2e-3, "warmup": 2, "workers": 0}},
 }
 
+# on a CPU: one thread, and the crops resized on the device as a GPU run does (CPU training's default
+# resizes them in the loader), so the smoke test covers the GPU run's input path
+CPU_SMOKE = ["--set", "run.threads=1", "--set", "data.resize=device"]
+
 
 def throughput(shards: str, plan: dict, device: str, workers: int, compiled: bool) -> dict:
     steps, batch = plan["steps"], plan["batch"]
     extra = ["--batch-size", str(batch), "--workers", str(workers), "--resampled", "--epoch-samples",
              str(steps * batch), *(["--compile"] if compiled else [])]
     if device == "cpu":
-        extra += ["--set", "run.threads=1"]
+        extra += CPU_SMOKE
     t0 = time.perf_counter()
     result = bench_train.time_training(shards, ROOT / plan["config"], device, steps, extra)
     return {**result, "compiled": compiled, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -72,7 +77,7 @@ def correctness(shards: str, plan: dict, device: str, out: Path) -> dict:
               "--warmup", str(check["warmup"]), "--log-every", str(log_every), "--ckpt-every", str(10 * steps),
               "--workers", str(check["workers"])]
     if device == "cpu":
-        common += ["--set", "run.threads=1"]
+        common += CPU_SMOKE
     t0 = time.perf_counter()
     trainer.main([*common, "--stop-at", str(steps // 2)])
     first = trainer.load_checkpoint(out / trainer.CKPT)

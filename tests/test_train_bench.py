@@ -20,6 +20,10 @@ def test_loader_and_training_measurements_render_a_section(tmp_path):
     assert len(loader["ratio_per_round"]) == 2 and loader["loader_vs_pil_decode"] > 0
     assert loader["cores_per_gpu"]["1500"] == pytest.approx(1500 / loader["loader"], abs=0.05)
     assert min(loader["raw_tar"], loader["pil_decode"], loader["loader"], loader["previous_loader"]) > 0
+    assert loader["loader_resizing"] > 0 and loader["loader_resizing_vs_pil_decode"] > 0   # CPU training's path
+    assert loader["device_op_cpu_ms_per_sample"] > 0   # the GPU run's batched resize, timed on the CPU
+    assert loader["loader_resizing_workers"]["samples"] == 80
+    assert loader["loader_workers"]["samples_per_worker_cpu_s"] > 0
     training = bench_train.time_training(shards, bench_train.ROOT / "train/configs/tiny.json", "cpu", 3,
                                          ["--batch-size", "16", "--workers", "0", "--set", "run.threads=1"])
     assert training["steps"] == 3 and training["samples_per_s"] > 0 and training["config"] == "train/configs/tiny.json"
@@ -27,6 +31,8 @@ def test_loader_and_training_measurements_render_a_section(tmp_path):
                                "loader": loader, "cpu_train": training})
     assert "| raw `tarfile` read (reference) |" in md and "GPU: not measured" in md
     assert "### Loader: 32 px from 256 px JPEGs, per core" in md and "1,500 samples/s:" in md
+    assert "| loader as CPU training uses it: crop resized to 32 px in the loader" in md
+    assert "ms per sample, so CPU training resizes in the loader" in md
 
 
 def test_loader_only_prints_one_json_line_and_writes_nothing(tmp_path, capsys):

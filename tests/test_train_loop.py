@@ -45,8 +45,10 @@ def test_a_few_cpu_steps_lower_the_loss(shards, tmp_path):
     assert not list(run.glob("*.tmp"))
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(shards, tmp_path):
-    common = ["--shards", shards, "--steps", "8", "--batch-size", "48", "--warmup", "2", "--ckpt-every", "100", *FAST]
+@pytest.mark.parametrize("resize", ["auto", "device"])   # auto: in the loader on a CPU; device: to_model_input's
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(shards, tmp_path, resize):
+    common = ["--shards", shards, "--steps", "8", "--batch-size", "48", "--warmup", "2", "--ckpt-every", "100", *FAST,
+              "--set", f"data.resize={resize}"]
     train.main([*common, "--out", str(tmp_path / "straight")])
     train.main([*common, "--out", str(tmp_path / "resumed"), "--stop-at", "5"])   # "interrupted" after step 5
     assert torch.load(tmp_path / "resumed" / "ckpt_latest.pt", weights_only=True)["step"] == 5

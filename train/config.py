@@ -54,6 +54,8 @@ class DataCfg:
     shuffle_buffer: int = 2_000    # samples, per worker (open_clip's _SAMPLE_SHUFFLE_SIZE = 5000)
     shuffle_initial: int = 500     # samples buffered before the first one leaves
     crop_scale: tuple[float, float] = (0.9, 1.0)   # open_clip AugmentationCfg.scale default
+    resize: str = "auto"           # where crops are resized: "loader", "device" (batched, in to_model_input),
+                                   # "auto": the device on CUDA, the loader elsewhere (train/data.py)
     on_error: str = "skip"         # "skip": count and log corrupt samples/shards; "raise": fail (tests)
     merges: str = ""               # CLIP BPE merges file ("" = the one shipped in train/assets/)
 

@@ -5,14 +5,16 @@ sample), as `pipeline.common.files.expand` lists them: local paths or a folder o
 (`s3://`, `gs://`, `hf://`), `pipe:` commands or http(s) URLs, brace patterns (`shards/x/{00000..00099}.tar`),
 `::` between several specs.
 Out: dicts `{"images": uint8 (n, 3, s, s), "texts": int64 (n, context), "keys": [...], "skipped": {...}}`
-(a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`).
-Images stay uint8 until they reach the device (`to_model_input`): a quarter of the bytes through the
-worker queues and pinned memory, and the normalisation runs on the GPU.
+(a worker's errors after its last batch come in a dict with no samples: `{"keys": [], "skipped": {...}}`);
+where the device resizes (`DataCfg.resize`, on CUDA by default) "images" are the unresized crops on a uint8
+canvas (n, 3, h, w), with "boxes" float (n, 4) and "size" s. Images stay uint8 until they reach the device
+(`to_model_input`): a quarter of the bytes through the worker queues and pinned memory, and the
+normalisation (and there the crop's resize) runs on the GPU.
 
 The pipeline (`make_pipeline`), top to bottom:
   shard list (shuffled per epoch, or drawn with replacement) -> split by node -> split by worker ->
-  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop into the batch's block
-  + tokenize.
+  tar to samples -> drop excluded uids -> shuffle buffer -> decode + random resized crop (resized into the
+  batch's block, or copied unresized onto its canvas for the device) + tokenize.
 Excluded uids (`--exclude`: the `dedup` stage's decisions, eval-set near-duplicates) are dropped before the
 shuffle buffer, so they are never decoded, and counted per worker like the corrupt samples (`skipped["excluded"]`).
 Tokenizing happens at batching: one call into the Rust tokenizer per batch instead of one per caption.
@@ -66,15 +68,22 @@ from train.tokenizer import DEFAULT_MERGES, ClipTokenizer
 # (`AugmentationCfg.scale = (0.9, 1.0)`, aspect ratio 3/4..4/3, bicubic), without torchvision (it does not
 # install beside this torch build): the crop box is drawn as torchvision draws it, the JPEG decodes with
 # simplejpeg (PIL's pixels, PIL's reduced-size `draft` scale), and the crop is resized once with torch's
-# uint8 antialiased bicubic, straight into the batch (`decode_into_batches`).
+# antialiased bicubic (PIL's filter). Where that resize runs is `DataCfg.resize`: in the loader, torch's uint8
+# kernel straight into the batch (`decode_into_batches`); or on the device (the default on CUDA), where
+# `to_model_input` resizes the whole batch's crops in one op (`resize_boxes`: two batched matmuls with the
+# same filter's weights, within 1.1 grey levels of the loader's uint8 result, mean ~0.2, tested). Crops
+# wider or taller than `largest_crop` (344 px for a 224 px model: every crop of the shards stage's 256 px
+# images fits) are resized in the loader either way, so sources of any size work at the old cost.
 #
-# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-03, per core;
-# BENCHMARKS.md has the current table): tar reading ~0.2 ms, JPEG decode ~0.5 ms (about PIL's own decode:
-# both are libjpeg-turbo), the bicubic resize ~0.5 ms, first writes into each new batch block ~0.13 ms (page
-# faults: a reused block measured 11% faster, but a batch handed to another process cannot be reused),
-# tokenizing and the rest ~0.1 ms. The loader runs at ~0.5-0.65x a bare PIL decode here (the previous
-# PIL-resize path: ~0.27x); without the resize it measured 1.18x. cv2's bicubic (a = -0.75, no antialiasing:
-# not open_clip's filter) would give ~0.65x; the rest of the gap needs the resize off the CPU.
+# Where a sample's time goes at 224 px from 256 px JPEGs (this 2-core shared machine, 2026-12-04, per core;
+# BENCHMARKS.md has the current table): tar reading ~0.12 ms, JPEG decode ~0.3-0.4 ms (about PIL's own
+# decode: both are libjpeg-turbo), the bicubic resize in the loader ~0.35 ms, first writes into each new
+# batch block ~0.1-0.2 ms (page faults; in a DataLoader worker shared memory is also zero-filled when it is
+# allocated, ~0.5 ms per MB here, which is why the device path's canvas is sized to the batch's largest crop,
+# not to a fixed 344 px), tokenizing and the rest ~0.1 ms. Resizing on the device takes the resize off the
+# loader's CPU: the loader runs at ~0.8-1.0x a bare PIL decode here (resizing in the loader: ~0.55-0.65x;
+# the PIL-resize path before issue 19: ~0.3x). The device op costs a GPU almost nothing (~0.3 GFLOP per
+# 224 px sample) but ~9-13 ms per sample on one CPU core, so CPU training resizes in the loader.
 
 log = logging.getLogger(__name__)
 
@@ -270,46 +279,170 @@ def crop_and_resize(pixels: np.ndarray, box: tuple[int, int, int, int], out: tor
     return out
 
 
-def train_transform(data: bytes, size: int, scale, rng: random.Random, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Decode, random resized crop (CLIP / open_clip), resize once: uint8 (3, size, size), into `out` if given."""
+def decode_and_draw_box(data: bytes, size: int, scale, rng: random.Random) -> tuple[np.ndarray, tuple]:
+    """Decode (at the draft scale for `size`) and draw the random resized crop's box: (pixels, box)."""
     # the smallest crop side is about sqrt(0.9 * 3/4) = 0.82 of the image side: decode at >= size / 0.8
     pixels = decode_for_training(data, math.ceil(size / 0.8))
-    box = random_resized_crop_box(pixels.shape[1], pixels.shape[0], scale, rng)
+    return pixels, random_resized_crop_box(pixels.shape[1], pixels.shape[0], scale, rng)
+
+
+def train_transform(data: bytes, size: int, scale, rng: random.Random, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode, random resized crop (CLIP / open_clip), resize once: uint8 (3, size, size), into `out` if given."""
+    pixels, box = decode_and_draw_box(data, size, scale, rng)
     return crop_and_resize(pixels, box, torch.empty((3, size, size), dtype=torch.uint8) if out is None else out)
 
 
-def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 (n, 3, s, s) -> float, normalised with CLIP's mean/std, on `device`.
+def largest_crop(size: int) -> int:
+    """The largest crop side the loader hands to the device unresized, for a `size` px model (344 for 224).
 
-    One fused multiply-add, (x / 255 - mean) / std = x * (1 / (255 std)) - mean / std, instead of four
-    passes over the batch; it equals the step-by-step formula to float rounding (~1e-6).
+    It passes every crop of the shards stage's default images (short side 256 = size * 8 / 7, the long side
+    any): a crop's short side is at most the image's and its aspect at most 4/3, so its long side is at most
+    256 * 4/3 = 341. Rounded up to a multiple of 8. Larger crops (sources well above 256 px) are resized in
+    the loader, as with `data.resize` "loader".
+    """
+    return -(-math.ceil(size * 8 / 7 * 4 / 3) // 8) * 8
+
+
+def crop_for_device(data: bytes, size: int, scale, rng: random.Random, largest: int) -> np.ndarray:
+    """Decode and draw the box as `train_transform` does; the crop unresized, uint8 (h, w, 3), for the device
+    to resize (`to_model_input` with boxes). A crop with a side above `largest` comes resized to (size, size)
+    as `train_transform` makes it."""
+    pixels, (left, top, right, bottom) = decode_and_draw_box(data, size, scale, rng)
+    width, height = right - left, bottom - top
+    if width > largest or height > largest:
+        out = torch.empty((3, size, size), dtype=torch.uint8)
+        return crop_and_resize(pixels, (left, top, right, bottom), out).permute(1, 2, 0).numpy()
+    crop = pixels[top:bottom, left:right]
+    return crop.copy() if pixels.size > 2 * crop.size else crop   # a view, unless it would hold a much larger image
+
+
+def crops_on_canvas(crops: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of any sizes -> (uint8 (n, 3, h, w) channels-last canvas holding each at its top left, sized to
+    the largest; float (n, 4) boxes (0, 0, width, height)). The block is allocated only now, at the batch's
+    largest crop: memory handed to another process costs per byte allocated (shared memory is zero-filled
+    up front), so a fixed larger canvas would cost more."""
+    height, width = max(c.shape[0] for c in crops), max(c.shape[1] for c in crops)
+    block = new_image_block((len(crops), height, width, 3))
+    canvas, boxes = block.numpy(), np.zeros((len(crops), 4), dtype=np.float32)
+    for row, crop in enumerate(crops):
+        canvas[row, :crop.shape[0], :crop.shape[1]] = crop
+        boxes[row, 2:] = crop.shape[1], crop.shape[0]
+    return block.permute(0, 3, 1, 2), torch.from_numpy(boxes)
+
+
+RESIZE_MODES = ("auto", "loader", "device")
+
+
+def resize_on_device(mode: str, device_type: str) -> bool:
+    """`DataCfg.resize`: "loader" resizes crops in the loader, "device" in `to_model_input`; "auto" on CUDA
+    resizes on the device (the loader's CPU is what limits a GPU), elsewhere in the loader (on a CPU the
+    batched op costs more than the loader's resize: bench_train measures both)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, not {mode!r}")
+    return mode == "device" or (mode == "auto" and device_type == "cuda")
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str, boxes: torch.Tensor | None = None,
+                   size: int = 0) -> torch.Tensor:
+    """uint8 (n, 3, h, w) -> float, normalised with CLIP's mean/std, on `device`; with `boxes`, cropped and resized.
+
+    Without boxes (evaluation, and batches resized in the loader) the images are the model's input already.
+    With `boxes` (float (n, 4): left, top, right, bottom in pixels of each image, as `decode_into_batches`
+    hands them when the resize runs on the device) each box is resized to `size` x `size` by `resize_boxes`,
+    one batched op for the whole batch. The normalisation is one fused multiply-add,
+    (x / 255 - mean) / std = x * (1 / (255 std)) - mean / std; it equals the step-by-step formula to float
+    rounding (~1e-6).
     """
     images = images.to(device, non_blocking=True)
+    if boxes is not None:
+        if size <= 0:
+            raise ValueError("to_model_input: boxes need the output size")
+        # only the rows and columns some box reaches take part (boxes are on the CPU: no device sync)
+        height, width = int(math.ceil(boxes[:, 3].max())), int(math.ceil(boxes[:, 2].max()))
+        images = resize_boxes(images[:, :, :height, :width], boxes.to(device, non_blocking=True), size)
     scale = torch.tensor([1 / (255 * s) for s in OPENAI_STD], device=images.device).view(1, 3, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(OPENAI_MEAN, OPENAI_STD)], device=images.device).view(1, 3, 1, 1)
     return torch.addcmul(shift, images, scale)
 
 
+def resize_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop box i out of image i and resize it to (size, size): float (n, 3, size, size) in 0..255, batched.
+
+    The filter is the loader's (`crop_and_resize`: torch's antialiased bicubic, PIL's BICUBIC, a = -0.5,
+    support widened by the scale when shrinking, each crop's edges its own edges), written as two matrix
+    products, out_i = Wy_i @ (image_i @ Wx_i^T), with (size, h) and (size, w) weight matrices built from the
+    boxes (`box_resize_weights`), zero outside each box. Dense products do more arithmetic than the filter's
+    few taps, but as two batched matmuls they cost the GPU almost nothing (~0.3 GFLOP per 224 px sample; the
+    H2D copy of the uint8 canvas is the larger cost) and need no per-sample launches. On the CPU the same
+    op costs several ms per sample (bench_train measures it): CPU training resizes in the loader instead
+    (`DataCfg.resize`). The result is the filter's exact value clamped to 0..255, not rounded to uint8 as the
+    loader's kernel does (it also rounds between its two passes): within 1.1 levels of it, mean ~0.2 (tested);
+    CUDA's TF32 matmuls (the trainer enables them) add at most ~0.25 of a level (TF32 rounding emulated on
+    noise images: max 0.24, mean 0.03), below what bf16 autocast rounds the model's input to anyway.
+    """
+    n, channels, height, width = images.shape
+    boxes = boxes.to(torch.float32)
+    wy = box_resize_weights(boxes[:, 1], boxes[:, 3], size, height)   # (n, size, height)
+    wx = box_resize_weights(boxes[:, 0], boxes[:, 2], size, width)    # (n, size, width)
+    # rows first, clamped to 0..255 in between as the loader's kernel does (its first pass stores uint8);
+    # plain bmm on (n, channels * h, w) and (n, h, channels * size): no weight matrix copied per channel
+    x = images.to(torch.float32).reshape(n, channels * height, width)
+    rows = torch.bmm(x, wx.transpose(1, 2)).clamp_(0, 255).view(n, channels, height, size)
+    rows = rows.transpose(1, 2).reshape(n, height, channels * size)
+    out = torch.bmm(wy, rows).clamp_(0, 255).view(n, size, channels, size)
+    return out.permute(0, 2, 1, 3).contiguous()
+
+
+def box_resize_weights(start: torch.Tensor, end: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """(n, size, length) weights of the antialiased bicubic resize of [start, end) to `size` pixels, per row.
+
+    torch's `_upsample_bicubic2d_aa` (PIL's resample): output pixel i samples the crop at centre
+    (i + 0.5) * scale (scale = crop length / size), with the cubic kernel (a = -0.5) stretched by the scale
+    when shrinking, and its weights normalised over the taps inside the crop.
+    """
+    scale = ((end - start) / size).view(-1, 1, 1)
+    stretch = scale.clamp(min=1.0)
+    out = torch.arange(size, device=start.device, dtype=torch.float32).view(1, -1, 1)
+    centre = start.view(-1, 1, 1) + (out + 0.5) * scale
+    pixel = torch.arange(length, device=start.device, dtype=torch.float32).view(1, 1, -1)
+    d = ((pixel + 0.5 - centre) / stretch).abs()
+    a = -0.5
+    w = torch.where(d < 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                    torch.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, torch.zeros_like(d)))
+    inside = (pixel >= start.view(-1, 1, 1)) & (pixel < end.view(-1, 1, 1))
+    w = w * inside
+    return w / w.sum(dim=2, keepdim=True)
+
+
 # ---- batches -----------------------------------------------------------------------------------------------
 
 def decode_into_batches(samples, batch_size: int, image_size: int, crop_scale, tokenizer: ClipTokenizer,
-                        skips: SkipCounter, seed: int, epoch: int, partial: bool = True):
-    """Raw samples -> batches {"images", "texts", "keys", "skipped"}; corrupt samples go to `skips`.
+                        skips: SkipCounter, seed: int, epoch: int, partial: bool = True, on_device: bool = False):
+    """Raw samples -> batches {"images", "texts", "keys", "skipped"} (+ "boxes", "size" when the device
+    resizes); corrupt samples go to `skips`.
 
-    Each image is decoded, cropped and resized straight into its row of the batch's (n, 3, s, s) uint8
-    block: no per-sample image waits for the batch to fill and no stack copies them again, and the block is
-    what pinned memory and the device copy move in one piece. The captions
-    are tokenized in one call per batch. In a DataLoader worker the block is allocated in shared memory, as
-    torch's default_collate does, so handing it to the training process copies nothing.
+    Resized in the loader (on_device False): each image is decoded, cropped and resized straight into its
+    row of the batch's (n, 3, s, s) uint8 block, so no per-sample image waits for the batch to fill and no
+    stack copies them again. Resized on the device: each crop is kept unresized (`crop_for_device`), and
+    when the batch is full they are copied once onto an uint8 canvas the size of the largest
+    (`crops_on_canvas`), handed on as "images" (n, 3, h, w) with "boxes", float (n, 4) crop boxes in it, and
+    "size" (s): `to_model_input(images, device, boxes, size)` resizes them in one batched op. Either way the
+    block is what pinned memory and the device copy move in one piece, and the captions are tokenized in one
+    call per batch. In a DataLoader worker the block is allocated in shared memory, as torch's
+    default_collate does, so handing it to the training process copies nothing.
     """
     rng = worker_rng(seed, epoch, "augment")
-    images, keys, captions = None, [], []
+    largest = largest_crop(image_size)
+    images, crops, keys, captions = None, [], [], []
     for sample in samples:
-        if images is None:
-            images = new_image_block(batch_size, image_size)
+        if images is None and not on_device:
+            images = new_image_block((batch_size, 3, image_size, image_size))
         try:
             data, caption = sample_image_and_caption(sample)
-            train_transform(data, image_size, crop_scale, rng, out=images[len(keys)])
+            if on_device:
+                crops.append(crop_for_device(data, image_size, crop_scale, rng, largest))
+            else:
+                train_transform(data, image_size, crop_scale, rng, out=images[len(keys)])
         except DECODE_ERRORS as exn:
             exn.args = exn.args + (sample.get("__url__"), sample.get("__key__"))
             skips.handler(exn)
@@ -317,22 +450,27 @@ def decode_into_batches(samples, batch_size: int, image_size: int, crop_scale, t
         keys.append(sample["__key__"])
         captions.append(caption)
         if len(keys) == batch_size:
-            yield make_batch(images, keys, captions, tokenizer, skips)
-            images, keys, captions = None, [], []
+            yield make_batch(images, crops, keys, captions, tokenizer, skips, image_size)
+            images, crops, keys, captions = None, [], [], []
     if keys and partial:
-        yield make_batch(images[:len(keys)], keys, captions, tokenizer, skips)
+        yield make_batch(None if images is None else images[:len(keys)], crops, keys, captions, tokenizer, skips,
+                         image_size)
 
 
-def new_image_block(n: int, size: int) -> torch.Tensor:
+def new_image_block(shape: tuple[int, ...]) -> torch.Tensor:
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty((n, 3, size, size), dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(n * 3 * size * size)   # what default_collate does in a worker
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(n, 3, size, size)
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))   # what default_collate does in a worker
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
-def make_batch(images: torch.Tensor, keys: list[str], captions: list[str], tokenizer: ClipTokenizer,
-               skips: SkipCounter) -> dict:
-    return {"images": images, "texts": torch.from_numpy(tokenizer(captions)), "keys": keys, "skipped": skips.take()}
+def make_batch(images: torch.Tensor | None, crops: list[np.ndarray], keys: list[str], captions: list[str],
+               tokenizer: ClipTokenizer, skips: SkipCounter, size: int) -> dict:
+    batch = {"texts": torch.from_numpy(tokenizer(captions)), "keys": keys, "skipped": skips.take()}
+    if images is not None:
+        return {"images": images, **batch}
+    images, boxes = crops_on_canvas(crops)
+    return {"images": images, "boxes": boxes, "size": size, **batch}
 
 
 def hand_over_last_skips(batches, skips: SkipCounter):
@@ -344,9 +482,10 @@ def hand_over_last_skips(batches, skips: SkipCounter):
 
 def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
                   partial_batches: bool = True, batches_per_worker: int = 0,
-                  exclude: frozenset[str] = frozenset()) -> wds.DataPipeline:
+                  exclude: frozenset[str] = frozenset(), device_type: str = "cpu") -> wds.DataPipeline:
     """One epoch of batches for this rank, as a WebDataset pipeline (iterate it, or wrap it in a DataLoader);
-    samples whose uid is in `exclude` are dropped and counted."""
+    samples whose uid is in `exclude` are dropped and counted. `device_type` (of the training device) decides
+    where `cfg.resize="auto"` resizes the crops."""
     tokenizer = ClipTokenizer(cfg.merges or DEFAULT_MERGES, context_length)
     skips = SkipCounter(cfg.on_error)
     if cfg.resampled:
@@ -361,7 +500,8 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
         partial(drop_excluded, excluded=exclude, skips=skips),
         partial(shuffle_samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial, seed=seed, epoch=epoch),
         partial(decode_into_batches, batch_size=cfg.batch_size, image_size=image_size, crop_scale=cfg.crop_scale,
-                tokenizer=tokenizer, skips=skips, seed=seed, epoch=epoch, partial=partial_batches),
+                tokenizer=tokenizer, skips=skips, seed=seed, epoch=epoch, partial=partial_batches,
+                on_device=resize_on_device(cfg.resize, device_type)),
         partial(hand_over_last_skips, skips=skips),
     )
     if cfg.resampled:
@@ -372,7 +512,8 @@ def make_pipeline(urls: list[str], cfg: DataCfg, image_size: int, context_length
 
 
 def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: int, *, seed: int, epoch: int,
-                world_size: int = 1, pin_memory: bool = False, exclude: frozenset[str] = frozenset()) -> DataLoader:
+                world_size: int = 1, pin_memory: bool = False, exclude: frozenset[str] = frozenset(),
+                device_type: str = "cpu") -> DataLoader:
     """The training loader for one epoch.
 
     With more than one rank the last partial batch of each worker is dropped: the all-gather in the loss
@@ -389,7 +530,9 @@ def make_loader(urls: list[str], cfg: DataCfg, image_size: int, context_length: 
         log.warning("%d shards for %d ranks x %d workers: some workers get no shard (use more shards or "
                     "--resampled)", len(urls), world_size, max(1, cfg.workers))
     pipeline = make_pipeline(urls, cfg, image_size, context_length, seed=seed, epoch=epoch,
-                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker, exclude=exclude)
+                             partial_batches=world_size == 1, batches_per_worker=batches_per_worker, exclude=exclude,
+                             device_type=device_type)
     # prefetch 2 batches per worker (torch's default): ViT-B/32 batches of 256 are 38 MB of uint8 in /dev/shm each
+    # resized in the loader, ~50 MB as unresized crops from 256 px images for the device to resize
     return DataLoader(pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
                       prefetch_factor=2 if cfg.workers else None, persistent_workers=False)

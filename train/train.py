@@ -106,7 +106,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def train_step(model, raw_model: CLIP, batch: dict, optimizer, scaler, lr: float, cfg: OptimCfg, amp,
                device: torch.device, world_size: int) -> torch.Tensor:
     """Forward, symmetric loss over the global batch, backward, clip, AdamW step. Returns the loss (on device)."""
-    images = to_model_input(batch["images"], device)
+    images = to_model_input(batch["images"], device, batch.get("boxes"), batch.get("size", 0))
     texts = batch["texts"].to(device, non_blocking=True)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -131,7 +131,7 @@ def train_step(model, raw_model: CLIP, batch: dict, optimizer, scaler, lr: float
 # ---- data position, checkpoints, distributed ---------------------------------------------------------------
 
 def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tuple[int, int], world_size: int,
-                 pin_memory: bool, exclude: frozenset[str] = frozenset()):
+                 device_type: str, exclude: frozenset[str] = frozenset()):
     """(epoch, batches done in epoch, batch), forever; resumes at `start` = (epoch, batches already done).
 
     Finite mode with several ranks: an epoch ends for everyone when the first rank runs out (a MIN
@@ -143,7 +143,8 @@ def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tup
     while True:
         done = 0
         for batch in make_loader(urls, cfg, model_cfg.vision.image_size, model_cfg.text.context_length,
-                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=pin_memory, exclude=exclude):
+                                 seed=seed, epoch=epoch, world_size=world_size, pin_memory=device_type == "cuda",
+                                 exclude=exclude, device_type=device_type):
             skipped.update(batch["skipped"])
             if not batch["keys"]:  # only counts (errors after a worker's last batch)
                 continue
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("excluding %d uids (%s)", len(exclude), ", ".join(args.exclude))
 
     amp = autocast_for(precision, device)
-    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type == "cuda",
+    stream = batch_stream(urls, cfg.data, cfg.model, cfg.run.seed, position, world_size, device.type,
                           exclude)
     bar = tqdm(total=cfg.optim.steps, initial=step, disable=rank != 0 or not sys.stderr.isatty(), unit="step")
     meter = Meter()
