@@ -194,7 +194,7 @@ def markdown(r: dict) -> str:
                 for _, before, after, units, _, _ in rows)
     lines += ["", f"Together the difference costs {extra:,.0f} core-hours on a full WIT-400M build "
               f"({extra / projection.CORES * 60:,.1f} min on the projection's {projection.CORES:,} cores), against "
-              "~283 core-hours for downloading, ~115 for dedup and ~4,500 GPU-hours for training (projection below)."]
+              "~283 core-hours for downloading, ~39 for dedup and ~4,500 GPU-hours for training (projection below)."]
     k = r.get("kept_c")
     if k:
         w, mc = k["wikicore"], k["matchcore"]
