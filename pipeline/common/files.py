@@ -5,7 +5,9 @@ a brace pattern (`{00000..00099}`, `{a,b}`; expanded first, so `{a,b}/*.tar` wor
 list or joined by `::` (webdataset's separator). Any of them may be an fsspec URL (`s3://`, `gs://`,
 `memory://`...). `pipe:` commands and http(s) URLs are streams, not listable: their brace patterns are expanded
 and kept as written. Every stage, the trainer, the eval-set readers and the benchmarks list their inputs here,
-so a spec that works for one works for all; nothing else globs or brace-expands.
+so a spec that works for one works for all; nothing else globs or brace-expands. Nothing else in `pipeline/` or
+`train/` imports fsspec either (tests/test_layout.py): what a module needs beyond these functions (ranged reads,
+detailed listings) it does on `filesystem(path)`.
 """
 
 from __future__ import annotations
