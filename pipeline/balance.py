@@ -25,7 +25,6 @@ import time
 from typing import Any, Iterable
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -216,7 +215,7 @@ class ReadMatchedFn(beam.DoFn):
         self.batch_rows = batch_rows
 
     def process(self, path: str):
-        with fsspec.open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows, columns=list(MATCHED_COLUMNS)):
                 yield pa.Table.from_batches([batch]).select(list(MATCHED_COLUMNS))
 
@@ -410,7 +409,7 @@ def matched_files(matched: str) -> tuple[list[str], str]:
     beamio.check_parquet_columns(paths, ("url", "caption", "uid", "query_ids"))
     counts_path = f"{matched.rstrip('/')}/query_counts.tsv"
     try:
-        with fsspec.open(counts_path, "rt", encoding="utf-8") as f:
+        with files.open_file(counts_path, "rt", encoding="utf-8") as f:
             header = f.readline().rstrip("\r\n")
     except FileNotFoundError:
         raise ValueError(f"{counts_path}: missing (run the match stage first)") from None
@@ -422,14 +421,14 @@ def matched_files(matched: str) -> tuple[list[str], str]:
 def query_names(counts_path: str) -> list[str]:
     """The `query` column of a query_counts.tsv (read where it is needed: a list of 500k names captured in a
     transform would be pickled and compressed into the pipeline, ~2 CPU-s)."""
-    with fsspec.open(counts_path, "rt", encoding="utf-8", newline="") as f:
+    with files.open_file(counts_path, "rt", encoding="utf-8", newline="") as f:
         return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 
 def read_entry_counts(path: str) -> tuple[list[int], list[int]]:
     """The `before` and `after` columns of entry_counts.tsv (one read and split: fsspec's readlines took 2 s for
     412k lines)."""
-    with fsspec.open(path, "rt", encoding="utf-8", newline="") as f:
+    with files.open_file(path, "rt", encoding="utf-8", newline="") as f:
         rows = [line.rsplit("\t", 2) for line in text_lines(f.read())[1:]]
     return [int(r[1]) for r in rows], [int(r[2]) for r in rows]
 

@@ -158,3 +158,15 @@ def test_entries_isdir_isfile_and_version(local, memory):
         with atomic_write(f"{root}/00000.tar") as f:
             f.write(b"other bytes")
         assert files.version(f"{root}/00000.tar") != before
+
+
+def test_filesystem_and_compression(local, memory, monkeypatch):
+    # the filesystem and its own path, for what the other functions do not cover (ranged reads, listings)
+    for root in (str(local), memory):
+        fs, path = files.filesystem(f"{root}/00000.tar")
+        assert fs.cat_file(path, start=2, end=5) == b"000" and files.size(f"{root}/00000.tar") == 9
+    assert files.filesystem(f"{memory}/sub/00009.tar")[1] == f"{memory.removeprefix('memory://')}/sub/00009.tar"
+    monkeypatch.chdir(local)
+    assert files.filesystem("sub/00009.tar")[1] == f"{local}/sub/00009.tar"   # local paths come back absolute
+    assert files.compression("q.tsv.gz") == "gzip" and files.compression("s3://b/d.xml.bz2") == "bz2"
+    assert files.compression("q.tsv") is None and files.compression("pool.parquet") is None

@@ -1,5 +1,6 @@
 """The package layout's dependency rules (README, "Layout"): no stage imports another stage, `pipeline.common`
-imports no stage, `train` imports only `pipeline.common`, and nothing in the product imports the demo."""
+imports no stage, `train` imports only `pipeline.common`, nothing in the product imports the demo, and only
+`pipeline/common/files.py` (the one door to files) imports fsspec or an fsspec filesystem package."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = {"queries", "match", "balance", "shards", "stats", "dedup", "overlap"}
+FILES_DOOR = REPO / "pipeline" / "common" / "files.py"
+FILESYSTEM_PACKAGES = {"fsspec", "s3fs", "gcsfs", "adlfs"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,6 +39,11 @@ def stages_imported(path: Path) -> set[str]:
     return {m.split(".")[1] for m in imported_modules(path) if m.startswith("pipeline.")} & STAGES
 
 
+def filesystem_packages_imported(path: Path) -> set[str]:
+    """The fsspec packages a file imports (`from fsspec.utils import x` counts as fsspec)."""
+    return {m.split(".")[0] for m in imported_modules(path)} & FILESYSTEM_PACKAGES
+
+
 PRODUCT = sorted(p for folder in ("pipeline", "train") for p in (REPO / folder).rglob("*.py"))
 
 
@@ -56,3 +64,21 @@ def test_the_rules_see_a_cross_stage_import(tmp_path):
     assert owner(REPO / "pipeline" / "stats.py") == "stats"
     assert owner(REPO / "pipeline" / "common" / "rawtar.py") == "common"
     assert owner(REPO / "train" / "zeroshot.py") == "train"
+
+
+@pytest.mark.parametrize("path", [p for p in PRODUCT if p != FILES_DOOR], ids=lambda p: str(p.relative_to(REPO)))
+def test_only_the_files_module_imports_fsspec(path):
+    assert filesystem_packages_imported(path) == set(), "open, list and size files through pipeline.common.files"
+
+
+def test_the_rules_see_an_fsspec_import(tmp_path):
+    # the check itself: each way of reaching fsspec is caught, importing pipeline.common.files is not
+    bad = tmp_path / "bad.py"
+    bad.write_text("import fsspec.core\nfrom fsspec.utils import infer_compression\n"
+                   "def f():\n    import s3fs\n    from pipeline.common import files\n")
+    assert filesystem_packages_imported(bad) == {"fsspec", "s3fs"}
+    good = tmp_path / "good.py"
+    good.write_text("from pipeline.common import files\nfrom pipeline.common.files import open_file\n")
+    assert filesystem_packages_imported(good) == set()
+    assert filesystem_packages_imported(FILES_DOOR) == {"fsspec"}   # the door itself, exempt by path
+    assert FILES_DOOR in PRODUCT

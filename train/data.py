@@ -33,7 +33,6 @@ import random
 from collections import Counter
 from functools import partial
 
-import fsspec
 import numpy as np
 import simplejpeg
 import torch
@@ -42,6 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.common import files
 from pipeline.common.images import DECODE_ERRORS, image_member, open_rgb
 from pipeline.common.records import uid_of_sample
 from train.config import DataCfg
@@ -105,7 +105,7 @@ def count_samples(urls: list[str]) -> int | None:
         if url.startswith("pipe:") or not url.endswith(".tar"):
             return None
         try:
-            with fsspec.open(url[: -len(".tar")] + "_stats.json", "rt") as f:
+            with files.open_file(url[: -len(".tar")] + "_stats.json", "rt") as f:
                 total += int(json.load(f)["successes"])
         except (OSError, KeyError, ValueError):
             return None
@@ -146,14 +146,15 @@ def worker_rng(seed: int, epoch: int, purpose: str) -> random.Random:
 # ---- pipeline stages: generators over dicts ----------------------------------------------------------------
 
 def open_shards(shards, handler):
-    """{"url"} -> {"url", "stream"}; fsspec for paths and object stores, webdataset's gopen for pipe:/http."""
+    """{"url"} -> {"url", "stream"}; `files.open_file` for paths and object stores, webdataset's gopen for
+    pipe:/http."""
     for shard in shards:
         url = shard["url"]
         try:
             if url.startswith(("pipe:", "http://", "https://")):
                 stream = wds.gopen(url)
             else:
-                stream = fsspec.open(url, "rb").open()
+                stream = files.open_file(url, "rb")
             yield dict(shard, stream=stream)
         except OSError as exn:
             exn.args = exn.args + (url,)

@@ -25,7 +25,6 @@ import zlib
 from typing import Any, Iterable
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,10 +57,10 @@ def buckets_of(keys: list[str], n_buckets: int) -> np.ndarray:
 
 
 def write_parquet_file(path: str, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> str:
-    """Write rows (dicts, or a table of that schema) atomically (temporary name, then rename) through fsspec."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
+    """Write rows (dicts, or a table of that schema) atomically (`files.atomic_write`: locally a temporary name,
+    then rename; on object stores an upload committed at the end)."""
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
-    fs.makedirs(fs._parent(fs_path), exist_ok=True)
+    files.makedirs(files.parent(path))
     with files.atomic_write(path, "wb") as f:
         pq.write_table(table, f, compression="zstd")
     return path
@@ -71,7 +70,7 @@ def check_parquet_columns(paths: list[str], columns: Iterable[str]) -> None:
     """ValueError naming the file when one of `paths` is not a readable parquet file or lacks one of `columns`."""
     for path in paths:
         try:
-            with fsspec.open(path, "rb") as f:
+            with files.open_file(path, "rb") as f:
                 names = pq.read_schema(f).names
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"{path}: not a readable parquet file ({e})") from None
@@ -215,8 +214,7 @@ CHECKSUM_MAX_BYTES = 256 << 20  # checksum inputs up to 256 MiB; a TB-scale pool
 
 def input_info(path: str) -> dict[str, Any]:
     """Manifest entry of one input file: path and size, plus sha256 when the file is small enough."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    size = fs.size(fs_path)
+    size = files.size(path)
     return file_info(path) if size <= CHECKSUM_MAX_BYTES else {"path": path, "bytes": size}
 
 

@@ -5,7 +5,9 @@ a brace pattern (`{00000..00099}`, `{a,b}`; expanded first, so `{a,b}/*.tar` wor
 list or joined by `::` (webdataset's separator). Any of them may be an fsspec URL (`s3://`, `gs://`,
 `memory://`...). `pipe:` commands and http(s) URLs are streams, not listable: their brace patterns are expanded
 and kept as written. Every stage, the trainer, the eval-set readers and the benchmarks list their inputs here,
-so a spec that works for one works for all; nothing else globs or brace-expands.
+so a spec that works for one works for all; nothing else globs or brace-expands. Nothing else in `pipeline/` or
+`train/` imports fsspec either (tests/test_layout.py): what a module needs beyond these functions (ranged reads,
+detailed listings) it does on `filesystem(path)`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Iterator
 import braceexpand
 import fsspec
 import fsspec.implementations.local
+import fsspec.utils
 
 GLOB_CHARS = "*?["
 STREAM_PREFIXES = ("pipe:", "http://", "https://")
@@ -45,7 +48,7 @@ def _files_of(part: str, suffixes: tuple[str, ...], check_named: bool) -> list[s
         return [part]
     if not check_named and any(suffixes) and part.endswith(suffixes) and not any(c in part for c in GLOB_CHARS):
         return [part]   # taken as named: no filesystem call (10,000 brace-named shards on S3 are not 10,000 HEADs)
-    fs, path = fsspec.core.url_to_fs(part)
+    fs, path = filesystem(part)
     if any(c in path for c in GLOB_CHARS):
         found = [p for p in fs.glob(path) if fs.isfile(p)]
     elif fs.isdir(path):
@@ -128,15 +131,27 @@ def name(path: str) -> str:
     return path.rstrip("/").rpartition("/")[2]
 
 
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) of a path or URL, for what the functions here do not cover (ranged reads,
+    listings with details): `s3://bucket/x` -> (the S3 filesystem, `bucket/x`); a local path comes back absolute."""
+    return fsspec.core.url_to_fs(path)
+
+
+def compression(path: str) -> str | None:
+    """The compression `open_file(path, compression="infer")` decompresses, by suffix (`gzip` for `.gz`...);
+    None for a plain file."""
+    return fsspec.utils.infer_compression(path)
+
+
 def isdir(path: str) -> bool:
     """A folder (on object stores: a prefix that holds objects)."""
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     return fs.isdir(p)
 
 
 def entries(folder: str) -> tuple[list[str], list[str]]:
     """(names of the sub-folders, names of the files) directly in a folder, each sorted."""
-    fs, p = fsspec.core.url_to_fs(folder)
+    fs, p = filesystem(folder)
     found = fs.ls(p, detail=True)
     return (sorted(name(e["name"]) for e in found if e["type"] == "directory"),
             sorted(name(e["name"]) for e in found if e["type"] != "directory"))
@@ -144,39 +159,39 @@ def entries(folder: str) -> tuple[list[str], list[str]]:
 
 def version(path: str) -> str:
     """What changes when a file does: its size and modification time (an object's last-modified time)."""
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     info = fs.info(p)
     mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("last_modified") or ""
     return f"{info.get('size')}\x1f{mtime}"
 
 
 def isfile(path: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     return fs.isfile(p)
 
 
 def exists(path: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     return fs.exists(p)
 
 
 def size(path: str) -> int:
     """Bytes of a file."""
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     return fs.size(p)
 
 
 def makedirs(path: str) -> None:
     """Create a folder and its parents (object stores have no folders: a no-op there)."""
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     fs.makedirs(p, exist_ok=True)
 
 
 def remove(paths: list[str]) -> None:
     """Delete files (of one filesystem: one batched call on object stores)."""
     if paths:
-        fs, _ = fsspec.core.url_to_fs(paths[0])
-        fs.rm([fsspec.core.url_to_fs(p)[1] for p in paths])
+        fs, _ = filesystem(paths[0])
+        fs.rm([filesystem(p)[1] for p in paths])
 
 
 def open_file(path: str, mode: str = "rb", **kwargs):
@@ -206,7 +221,7 @@ def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode {mode!r} (expected 'w' or 'wb')")
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = filesystem(path)
     if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
         folder, name = os.path.split(p)
         tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")

@@ -19,7 +19,6 @@ import json
 import re
 from typing import Iterable
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -149,7 +148,7 @@ def text_lines(text: str) -> list[str]:
 def load_query_list(path: str) -> list[str]:
     """Read a local or fsspec queries.tsv (optionally compressed) into a list indexed by query_id."""
     try:
-        with fsspec.open(path, "rt", encoding="utf-8", compression="infer", newline="") as f:
+        with files.open_file(path, "rt", encoding="utf-8", compression="infer", newline="") as f:
             return parse_query_list(text_lines(f.read()), name=path)
     except UnicodeDecodeError as e:
         raise QueryListError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None

@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterable
 
 import faiss
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -342,8 +341,8 @@ def sample_meta(key: str, members: list[rawtar.Member], source: str) -> dict:
 
 def clear_shard_dir(out: str, inputs: list[str]) -> None:
     """Remove a previous run's numbered shard files from `out` (only those); refuse to write over the inputs."""
-    root = fsspec.core.url_to_fs(out)[1].rstrip("/")
-    if any(os.path.dirname(fsspec.core.url_to_fs(s)[1]) == root for s in inputs):
+    root = files.filesystem(out)[1].rstrip("/")   # compared as the filesystem's paths: local ones absolute
+    if any(files.parent(files.filesystem(s)[1]) == root for s in inputs):
         raise SystemExit(f"dedup: --out-shards {out} holds the input shards; choose another folder")
     files.makedirs(out)
     files.remove([p for p in files.find(files.join(out, "*")) if SHARD_FILE.match(files.name(p))])

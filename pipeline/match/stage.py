@@ -37,7 +37,6 @@ from typing import Any, Iterable
 
 import ahocorasick
 import apache_beam as beam
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -286,7 +285,7 @@ _SEPARATOR = "\n"  # between the spaced captions of a batch (QueryMatcher)
 def query_strings(path: str) -> list[str]:
     """The `query` column of a queries.tsv, indexed by query_id, unchecked: for workers, after `run` has checked
     the file once with `load_query_list` (0.2 s vs 0.7 s for 412k queries)."""
-    with fsspec.open(path, "rt", encoding="utf-8", compression="infer", newline="") as f:
+    with files.open_file(path, "rt", encoding="utf-8", compression="infer", newline="") as f:
         return [line.split("\t", 2)[1] for line in text_lines(f.read())[1:]]
 
 

@@ -27,8 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-import fsspec
-
+from pipeline.common import files
 from pipeline.queries.wikitext import CorruptInput, TruncatedInput, looks_like_mediawiki
 
 try:  # optional fast path, see the module docstring
@@ -61,14 +60,13 @@ def index_path_for(path: str) -> str | None:
     if not path.endswith("-multistream.xml.bz2"):
         return None
     candidate = path[: -len(".xml.bz2")] + "-index.txt.bz2"
-    fs, fs_path = fsspec.core.url_to_fs(candidate)
-    return candidate if fs.exists(fs_path) else None
+    return candidate if files.exists(candidate) else None
 
 
 def read_stream_offsets(index_path: str) -> list[int]:
     """Sorted distinct stream offsets from a multistream index ('offset:page_id:title' per line)."""
     offsets = set()
-    with fsspec.open(index_path, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
+    with files.open_file(index_path, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             head = line.split(":", 1)[0]
             if not head.strip():
@@ -212,12 +210,12 @@ def read_split_text(split: WikiSplit, fast_bz2: bool = True) -> Iterator[str]:
     """Decoded XML text of a split in chunks; invalid UTF-8 becomes U+FFFD (never a word character)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     if split.bz2:
-        with fsspec.open(split.path, "rb") as f:
+        with files.open_file(split.path, "rb") as f:
             for data in decompress_bz2_range(f, split.start, split.end, fast=fast_bz2):
                 yield decoder.decode(data)
     else:
         try:
-            with fsspec.open(split.path, "rb", compression="infer") as f:
+            with files.open_file(split.path, "rb", compression="infer") as f:
                 while data := f.read(READ_BLOCK):
                     yield decoder.decode(data)
         except EOFError as e:  # gzip/xz/zstd cut short
@@ -227,8 +225,7 @@ def read_split_text(split: WikiSplit, fast_bz2: bool = True) -> Iterator[str]:
 
 def check_dump(path: str) -> None:
     """Fail early with one clear message for an empty, unreadable or non-MediaWiki input."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if fs.size(fs_path) == 0:
+    if files.size(path) == 0:
         raise InputError(f"{path} is empty")
     head = ""
     try:
