@@ -1,5 +1,6 @@
 """pipeline.common.files: every spec kind, locally and through fsspec's memory:// filesystem, and the errors."""
 
+import os
 import uuid
 
 import fsspec
@@ -170,3 +171,12 @@ def test_filesystem_and_compression(local, memory, monkeypatch):
     assert files.filesystem("sub/00009.tar")[1] == f"{local}/sub/00009.tar"   # local paths come back absolute
     assert files.compression("q.tsv.gz") == "gzip" and files.compression("s3://b/d.xml.bz2") == "bz2"
     assert files.compression("q.tsv") is None and files.compression("pool.parquet") is None
+
+
+def test_atomic_write_creates_missing_local_folders(tmp_path):
+    # memory://, S3, GCS have no folders to create; locally the temp sibling needs its folder to exist
+    path = tmp_path / "a" / "b" / "report.json"
+    with files.atomic_write(str(path), "w") as f:
+        f.write("{}")
+    assert path.read_text() == "{}"
+    assert os.listdir(path.parent) == ["report.json"]

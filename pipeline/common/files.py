@@ -225,6 +225,7 @@ def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
     if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
         folder, name = os.path.split(p)
         tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        os.makedirs(folder or ".", exist_ok=True)   # as on object stores, where a key needs no folder
         try:
             with open(tmp, mode, **kwargs) as f:
                 yield f
