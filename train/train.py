@@ -1,4 +1,4 @@
-"""Contrastive (CLIP) pre-training, streaming from WebDataset shards.
+r"""Contrastive (CLIP) pre-training, streaming from WebDataset shards.
 
 Stage: `train`. In: shards (train/data.py says which URLs), a config (train/configs/*.json).
 Out: `runs/NAME/`: `ckpt_latest.pt` (model, optimizer, scaler, step, data position, RNG states, config),
@@ -11,15 +11,11 @@ decay (`lr_at`); global grad-norm clipping; bf16 autocast and fused AdamW on GPU
 Multi-GPU / multi-node with `torchrun` (DDP; NCCL on GPU, gloo on CPU): the loss sees the features of
 every rank (train/loss.py), shards are split by node and by worker (train/data.py).
 
-Checkpoints are written whole or not at all (`files.atomic_write`: temp file and rename locally, one committed
-upload on object stores) and hold only tensors and plain types, so they load with `torch.load(weights_only=True)`.
-`--out` may be local or an fsspec URL (`s3://...`; tested): object stores cannot append, so rank 0 keeps the run's
-metrics.jsonl lines and rewrites the file whole at each log interval. `--resume` continues from `ckpt_latest.pt` at
-the same step, replaying the current epoch's loader up to the saved batch (the loader is deterministic), so a
-resumed run takes the same steps on the same batches as an uninterrupted one (tested). The replay costs
-the decode time of the batches skipped, at most one epoch: in resampled mode keep epochs to hours.
-`--init WEIGHTS` fine-tunes: a new run (step 0, fresh optimizer) starts from pretrained weights in any format
-train/weights.py reads (ours, open_clip's, OpenAI's), which must fit `--config`'s model.
+Checkpoints are written whole (`files.atomic_write`) and hold only tensors and plain types
+(`torch.load(weights_only=True)`). `--out` may be an fsspec URL (`s3://...`); metrics.jsonl is rewritten whole
+per log interval (object stores cannot append). `--resume` continues from `ckpt_latest.pt` at the same step on
+the same batches as an uninterrupted run (tested). `--init WEIGHTS` starts a new run from pretrained weights in
+any format train/weights.py reads.
 
 Run:  python -m train.train --shards 'shards/x/{00000..00009}.tar' --config train/configs/tiny.json \
           --out runs/tiny [--init WEIGHTS --steps N --batch-size B --lr LR --warmup W --workers N --resampled --resume
@@ -148,7 +144,9 @@ def batch_stream(urls: list[str], cfg: DataCfg, model_cfg, seed: int, start: tup
             skipped.update(batch["skipped"])
             if not batch["keys"]:  # only counts (errors after a worker's last batch)
                 continue
-            if done < skip:        # replay to the saved position: same batches, no training
+            # replay to the saved position: same batches, no training; costs the skipped batches' decode time,
+            # at most one epoch (in resampled mode keep epochs to hours)
+            if done < skip:
                 done += 1
                 continue
             if check_all_ranks and not all_ranks_agree(True):
