@@ -352,8 +352,7 @@ def run(argv: list[str] | None = None) -> dict:
         report["sets"][s.name]["examples"] = write_examples(
             args.out, s, [d for d in decisions if d["eval_set"] == s.name], args.examples)
     write_json_atomic(files.join(args.out, "overlap.json"), report)
-    with files.atomic_write(files.join(args.out, "overlap.md"), "w", encoding="utf-8") as f:
-        f.write(render_markdown(report))
+    files.write_text(files.join(args.out, "overlap.md"), render_markdown(report))
     write_plot(files.join(args.out, "overlap.png"), report)
     n_images = sum(e["images"] for e in report["sets"].values())
     n_overlap = sum(e["overlap_images"] for e in report["sets"].values())

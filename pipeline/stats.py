@@ -399,8 +399,7 @@ def plot_contact_sheet(path: str, reservoir: list[tuple[bytes, str]], columns: i
 def write_outputs(out: str, report: dict, stats: ShardStats, folder: str) -> None:
     files.makedirs(out)
     write_json_atomic(files.join(out, "stats.json"), report)
-    with files.atomic_write(files.join(out, "stats.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(report, folder))
+    files.write_text(files.join(out, "stats.md"), markdown(report, folder))
     plot_histograms(files.join(out, "captions.png"), [("caption words", stats.words), ("caption chars", stats.chars)])
     plot_histograms(files.join(out, "images.png"), [("width", stats.width), ("height", stats.height),
                                                     ("log2(width/height)", stats.log2_aspect)])

@@ -180,3 +180,12 @@ def test_atomic_write_creates_missing_local_folders(tmp_path):
         f.write("{}")
     assert path.read_text() == "{}"
     assert os.listdir(path.parent) == ["report.json"]
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_write_text_writes_utf8_whole_and_replaces(tmp_path, where):
+    path = str(tmp_path / "sub" / "r.md") if where == "local" else f"memory://wt-{uuid.uuid4().hex}/r.md"
+    files.write_text(path, "old\n")
+    files.write_text(path, "Zürich – 東京\n")
+    with files.open_file(path, "rb") as f:
+        assert f.read() == "Zürich – 東京\n".encode("utf-8")

@@ -43,8 +43,7 @@ def export(run_or_ckpt: str, out: str, name: str | None = None, model: str | Non
     state_dict = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict.items()}
     with files.atomic_write(weights_path) as f:
         torch.save(state_dict, f)
-    with files.atomic_write(config_path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(to_open_clip_config(weights.model), indent=2) + "\n")
+    files.write_text(config_path, json.dumps(to_open_clip_config(weights.model), indent=2) + "\n")
     return weights_path, config_path
 
 

@@ -186,8 +186,7 @@ def write_metrics(path: str, lines: list[str]) -> None:
     logged every 100 end at ~0.2 MB, one small upload per interval of 100 steps. Per-interval part files would keep
     each write tiny but make every reader list and join them; rewriting at checkpoints only would leave the file
     up to `ckpt_every` steps behind the log."""
-    with files.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
+    files.write_text(path, "".join(line + "\n" for line in lines))
 
 
 def metrics_until(path: str, step: int) -> list[str]:
@@ -278,8 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 device, precision, args.init)
     metrics = metrics_until(files.join(out, METRICS), step) if rank == 0 else []
     if rank == 0:
-        with files.atomic_write(files.join(out, "config.json"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
+        files.write_text(files.join(out, "config.json"), json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
         log.info("%d shards, %.1fM parameters, %s on %s x %d, batch %d x %d", len(urls),
                  sum(p.numel() for p in raw_model.parameters()) / 1e6, precision, device.type, world_size,
                  cfg.data.batch_size, world_size)

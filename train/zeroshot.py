@@ -213,13 +213,8 @@ def write_clip_benchmark(folder: str, result: dict) -> str:
     files.makedirs(folder)
     name = "_".join(str(result[k]).replace("/", "_") for k in ("dataset", "pretrained", "model", "language", "task"))
     path = files.join(folder, f"{name}.json")
-    write_text(path, json.dumps(result) + "\n")
+    files.write_text(path, json.dumps(result) + "\n")
     return path
-
-
-def write_text(path: str, text: str) -> None:
-    with files.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -268,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("%s | %s | top-1 %.3f | top-5 %.3f | mean per-class recall %.3f | chance %.3f | n %d",
                      name, templates, m["top1"], m["top5"], m["mean_per_class_recall"], results["chance"], m["n"])
         predictions = files.join(files.parent(args.checkpoint), f"predictions_{name}.jsonl")
-        write_text(predictions, "".join(json.dumps(r) + "\n" for r in rows))
+        files.write_text(predictions, "".join(json.dumps(r) + "\n" for r in rows))
         results["predictions"] = predictions
         used = results["predictions_templates"]
         benchmark.append(clip_benchmark_result(
@@ -284,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or files.join(files.parent(args.checkpoint), f"zeroshot_{name}.json")
     results["clip_benchmark"] = [write_clip_benchmark(files.join(files.parent(out), "clip_benchmark"), r)
                                  for r in benchmark]
-    write_text(out, json.dumps(results, indent=1) + "\n")
+    files.write_text(out, json.dumps(results, indent=1) + "\n")
     log.info("wrote %s and %s", out, ", ".join(results["clip_benchmark"]))
     return results
 

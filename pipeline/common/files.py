@@ -256,3 +256,9 @@ def atomic_write(path: str, mode: str = "wb", **kwargs) -> Iterator:
     if text is not None:
         text.flush()
     fs.pipe_file(p, buffer.getvalue())
+
+
+def write_text(path: str, text: str) -> None:
+    """A text file (UTF-8) written whole or not at all (`atomic_write`): reports, configs, JSON."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
